@@ -1,0 +1,64 @@
+"""Canonical table schemas (DESIGN.md). Columns may grow; none may silently change type."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# What every source adapter produces before validation: canonical names, raw string values, plus
+# where the row came from and its raw text, so a rejected row can be quarantined verbatim.
+RAW_EVENT_FIELDS = (
+    "user_id", "item_id", "event_type", "ts", "quantity", "price", "session_id", "order_id",
+    "country", "device",
+)
+RAW_ITEM_FIELDS = ("item_id", "title", "description", "category", "price", "attributes")
+SOURCE_COLUMNS = ("_source", "_raw")
+
+EVENT_TYPES = ("view", "cart", "purchase", "return")
+
+EVENTS_RAW = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("event_type", T.StringType(), False),
+    T.StructField("ts", T.TimestampType(), False),
+    T.StructField("quantity", T.IntegerType(), True),
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("session_id", T.StringType(), True),
+    T.StructField("order_id", T.StringType(), True),
+    T.StructField("country", T.StringType(), True),
+    T.StructField("device", T.StringType(), True),
+    T.StructField("source", T.StringType(), True),
+    T.StructField("dt", T.DateType(), False),
+])
+
+ITEMS_RAW = T.StructType([
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("title", T.StringType(), True),
+    T.StructField("description", T.StringType(), True),
+    T.StructField("category", T.StringType(), True),
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("attributes", T.StringType(), True),  # JSON object, readable by any engine
+    T.StructField("source", T.StringType(), True),
+])
+
+QUARANTINE = T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("stage", T.StringType(), False),
+    T.StructField("table", T.StringType(), False),
+    T.StructField("source", T.StringType(), True),
+    T.StructField("raw", T.StringType(), True),
+    T.StructField("reason", T.StringType(), False),
+])
+
+RUNS = T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("stage", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("duration_s", T.DoubleType(), False),
+    T.StructField("rows_in", T.LongType(), False),
+    T.StructField("rows_out", T.LongType(), False),
+    T.StructField("rows_quarantined", T.LongType(), False),
+    T.StructField("counts", T.StringType(), False),  # JSON: reason -> rows, table -> rows, ...
+    T.StructField("tables", T.StringType(), False),  # JSON: table -> Delta version written
+    T.StructField("config_hash", T.StringType(), False),
+    T.StructField("config", T.StringType(), False),  # effective config as JSON
+])

@@ -1,0 +1,60 @@
+"""The one place a SparkSession is built: local, standalone or whatever spark-submit set.
+
+Library code never creates a session behind the caller's back: stages receive one. Locally every
+service binds to 127.0.0.1 and the UI is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from recaug_spark.config import SparkConfig
+
+
+def ensure_driver(what: str) -> None:
+    """Raise when driver-only code (sessions, table commits) is called inside a Spark task."""
+    from pyspark import TaskContext
+
+    if TaskContext.get() is not None:
+        raise RuntimeError(f"{what} must run on the Spark driver, not inside a task")
+
+
+def session_builder(cfg: SparkConfig) -> SparkSession.Builder:
+    """A configured builder (so callers can compose it further, e.g. with Delta's pip helper)."""
+    ensure_driver("building a SparkSession")
+    local = cfg.master.startswith(("local", "spark://127.", "spark://localhost"))
+    if local:
+        os.environ.setdefault("SPARK_LOCAL_IP", cfg.local_ip)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master != "submit":
+        builder = builder.master(cfg.master)
+    settings = {
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.ui.enabled": str(cfg.ui).lower(),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # else no timestamp stats
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.ui.showConsoleProgress": "false",
+    }
+    if local:
+        settings |= {
+            "spark.driver.host": cfg.local_ip,
+            "spark.driver.bindAddress": cfg.local_ip,
+            "spark.driver.memory": cfg.driver_memory,
+        }
+    settings |= cfg.conf
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder
+
+
+def get_session(cfg: SparkConfig) -> SparkSession:
+    spark = session_builder(cfg).getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,30 @@
+"""One SparkSession for the whole suite (local[2], UI off, few shuffle partitions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recaug_spark.config import SparkConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+def dataset_path(*parts: str) -> Path:
+    """A path under ../shared/datasets, or a pytest skip saying why it is absent."""
+    path = DATASETS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real dataset not present at {path} (only CI and dev machines have ../shared/datasets)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from recaug_spark.session import get_session
+
+    session = get_session(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g",
+                                      conf={"spark.default.parallelism": "4"}))
+    yield session
+    session.stop()
