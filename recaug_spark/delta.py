@@ -104,7 +104,7 @@ def committed_txn_version(uri: str, app_id: str) -> int | None:
 
     if not table_exists(uri):
         return None
-    return DeltaTable(uri, without_files=True).transaction_version(app_id)
+    return DeltaTable(uri).transaction_version(app_id)
 
 
 class Warehouse:
@@ -379,13 +379,14 @@ def read_table(
     *,
     warehouse: str | None = None,
     version: int | None = None,
-    partition_filters: list[tuple[str, str, object]] | None = None,
+    filters: str | list[tuple[str, str, object]] | None = None,
     backend: Backend = "auto",
 ) -> DataFrame:
     """Read a Delta table (at ``version``, default the latest) as a Spark DataFrame.
 
-    ``partition_filters`` (delta-rs style, e.g. ``[("dt", ">=", "2024-01-01")]``) prune files before
-    Spark lists anything.
+    ``filters`` — a SQL predicate (``"dt >= '2024-01-01'"``) or delta-rs tuples
+    (``[("dt", ">=", "2024-01-01")]``) — skips whole files by partition values and per-file
+    statistics before Spark lists anything, and is applied to the rows as well.
     """
     uri = resolve_uri(name_or_uri, warehouse)
     if not table_exists(uri):
@@ -396,26 +397,32 @@ def read_table(
         reader = spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        df = reader.load(uri)
-        if partition_filters:
-            from pyspark.sql import functions as F
-
-            for column, op, value in partition_filters:
-                df = df.filter(_filter_expression(F.col(column), op, value))
-        return df
+        return _apply_filters(reader.load(uri), filters)
     from deltalake import DeltaTable
     from pyspark.sql.pandas.types import from_arrow_schema
 
     table = DeltaTable(uri, version=version)
     arrow_schema = pa.schema(table.schema().to_arrow())
     spark_schema = from_arrow_schema(arrow_schema)
-    files = table.file_uris(partition_filters=partition_filters)
+    files = table.file_uris(file_pruning_predicate=filters)
     if not files:
         return spark.createDataFrame([], spark_schema)
     base = uri if "://" in uri else f"file://{uri}"
     files = [f if "://" in f else f"file://{f}" for f in files]
     df = spark.read.option("basePath", base).schema(spark_schema).parquet(*files)
-    return df.select(*[f"`{name}`" for name in spark_schema.fieldNames()])
+    return _apply_filters(df.select(*[f"`{name}`" for name in spark_schema.fieldNames()]), filters)
+
+
+def _apply_filters(df: DataFrame, filters) -> DataFrame:
+    if not filters:
+        return df
+    if isinstance(filters, str):
+        return df.filter(filters)
+    from pyspark.sql import functions as F
+
+    for column, op, value in filters:
+        df = df.filter(_filter_expression(F.col(column), op, value))
+    return df
 
 
 def _filter_expression(column, op: str, value):

@@ -1,0 +1,58 @@
+"""Stage orchestration: generate (when no input is given) → ingest → clean, one run id for all.
+
+Later stages (augment, fit, train) append themselves to ``STAGES`` in the same way: a name and a
+``run_<stage>(ctx) -> StageResult`` function. Stage modules are imported lazily so that a stage's
+heavy dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Callable
+
+from recaug_spark.config import STAGES, Config
+from recaug_spark.runs import RunContext, StageResult, timed
+
+
+def stage_function(stage: str) -> Callable[[RunContext], StageResult]:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known stages: {list(STAGES)}")
+    module = importlib.import_module(f"recaug_spark.stages.{stage}")
+    return getattr(module, f"run_{stage}")
+
+
+def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
+    """The stages a run executes, in order: generate only when the input is the built-in shop."""
+    last = STAGES.index(until or cfg.pipeline.until)
+    return [s for s in STAGES[: last + 1] if s != "generate" or cfg.ingest.format == "generated"]
+
+
+def run_stages(ctx: RunContext, stages: list[str], echo: Callable[[str], None] = print) -> list[StageResult]:
+    results = []
+    for stage in stages:
+        echo(f"[{stage}] running (run {ctx.run_id})")
+        result = timed(stage_function(stage), ctx)
+        echo(result.progress_line())
+        results.append(result)
+    return results
+
+
+def summary(ctx: RunContext, results: list[StageResult]) -> str:
+    """The final report: tables and versions, quarantine and removal counts by reason."""
+    lines = [f"run {ctx.run_id}  config {ctx.cfg.hash}  warehouse {ctx.warehouse.root}  backend {ctx.warehouse.backend}"]
+    versions: dict[str, int] = {}
+    for result in results:
+        versions |= result.tables
+    lines.append("tables (Delta version):")
+    lines += [f"  {name:<18} v{version}   {ctx.warehouse.uri(name)}" for name, version in sorted(versions.items())]
+    for result in results:
+        by_reason = {k: v for k, v in result.counts.items() if k.startswith(("quarantine.", "removed."))}
+        if by_reason:
+            lines.append(f"{result.stage}: rows in {result.rows_in:,}, out {result.rows_out:,}, by reason:")
+            lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]
+    return "\n".join(lines)
+
+
+def results_json(results: list[StageResult]) -> str:
+    return json.dumps([r.__dict__ for r in results], indent=2, default=str)
