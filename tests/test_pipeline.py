@@ -1,0 +1,84 @@
+"""The main job end to end on a small embedded default: tables, runs, summary, idempotent re-run."""
+
+from __future__ import annotations
+
+import json
+
+import deltalake
+import pytest
+
+from recaug_spark.config import load_config
+from recaug_spark.pipeline import planned_stages, run_stages, summary
+from recaug_spark.runs import RunContext
+
+SILVER = ("events", "items", "sequences", "sequence_targets")
+
+
+@pytest.fixture(scope="session")
+def default_run(spark, tmp_path_factory):
+    """One run of generate → ingest → clean on 5,000 generated events, shared by several tests."""
+    warehouse = tmp_path_factory.mktemp("pipeline") / "wh"
+    cfg = load_config(overrides=[f"run.warehouse={warehouse}", "generate.events=5000", "generate.items=300",
+                                 "generate.partitions=3"])
+    ctx = RunContext.create(spark, cfg, run_id="e2e")
+    results = run_stages(ctx, planned_stages(cfg), echo=lambda line: None)
+    return ctx, results
+
+
+def test_planned_stages_follow_the_input_and_until():
+    assert planned_stages(load_config()) == ["generate", "ingest", "clean"]
+    assert planned_stages(load_config(), until="ingest") == ["generate", "ingest"]
+    external = load_config(overrides=["ingest.format=csv", "ingest.events=x.csv"])
+    assert planned_stages(external) == ["ingest", "clean"]
+
+
+def test_main_job_leaves_every_table_readable_with_deltalake(default_run):
+    ctx, _ = default_run
+    for name in ("generated_events", "generated_items", "events_raw", "items_raw", "quarantine", "runs", *SILVER):
+        table = deltalake.DeltaTable(ctx.warehouse.uri(name)).to_pyarrow_table()
+        assert table.num_rows > 0, name
+
+
+def test_runs_table_records_each_stage_with_counts_config_and_versions(default_run):
+    ctx, results = default_run
+    runs = ctx.warehouse.read("runs").where(f"run_id = '{ctx.run_id}'").collect()
+    assert sorted(r.stage for r in runs) == ["clean", "generate", "ingest"]
+    by_stage = {r.stage: r for r in runs}
+    ingest = by_stage["ingest"]
+    counts = json.loads(ingest.counts)
+    assert ingest.rows_in == ingest.rows_out + ingest.rows_quarantined
+    assert ingest.rows_quarantined == sum(v for k, v in counts.items() if k.startswith("quarantine."))
+    assert ingest.rows_quarantined > 0  # the generator plants bad rows
+    assert all(r.config_hash == ctx.cfg.hash and json.loads(r.config)["run"]["seed"] == 42 for r in runs)
+    assert json.loads(by_stage["clean"].tables)["sequences"] == ctx.warehouse.version("sequences")
+    stage_results = {r.stage: r for r in results}
+    assert by_stage["clean"].rows_out == stage_results["clean"].rows_out == ctx.warehouse.read("events").count()
+
+
+def test_clean_rows_reconcile_and_targets_stay_out_of_sequences(default_run):
+    ctx, results = default_run
+    clean = {r.stage: r for r in results}["clean"]
+    removed = sum(v for k, v in clean.counts.items() if k.startswith("removed."))
+    assert clean.rows_in == clean.rows_out + removed and removed > 0
+    sequences = ctx.warehouse.read("sequences")
+    targets = ctx.warehouse.read("sequence_targets")
+    assert set(sequences.columns).isdisjoint({"split", "valid_item_id", "test_item_id"})
+    # Held-out targets come after (or with) the last training event of their user, never before.
+    joined = targets.join(sequences, "user_id")
+    assert joined.count() == targets.count() > 0
+    assert joined.where("ts < array_max(timestamps)").count() == 0
+
+
+def test_rerun_with_the_same_run_id_writes_nothing(default_run):
+    ctx, _ = default_run
+    versions = {name: ctx.warehouse.version(name) for name in ("events_raw", "quarantine", "runs", *SILVER)}
+    again = run_stages(ctx, ["ingest", "clean"], echo=lambda line: None)
+    assert all(result.skipped for result in again)
+    assert {name: ctx.warehouse.version(name) for name in versions} == versions
+
+
+def test_summary_lists_tables_versions_and_reasons(default_run):
+    ctx, results = default_run
+    text = summary(ctx, results)
+    assert "sequences" in text and "quarantine." in text and "removed." in text
+    assert f"v{ctx.warehouse.version('events')}" in text
