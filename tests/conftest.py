@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recaug_spark.config import SparkConfig
+from recaug_spark.config import SparkConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -28,3 +28,17 @@ def spark():
                                       conf={"spark.default.parallelism": "4"}))
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def default_run(spark, tmp_path_factory):
+    """One run of generate → ingest → clean on 5,000 generated events, shared by several tests."""
+    from recaug_spark.pipeline import planned_stages, run_stages
+    from recaug_spark.runs import RunContext
+
+    warehouse = tmp_path_factory.mktemp("pipeline") / "wh"
+    cfg = load_config(overrides=[f"run.warehouse={warehouse}", "generate.events=5000", "generate.items=300",
+                                 "generate.partitions=3"])
+    ctx = RunContext.create(spark, cfg, run_id="e2e")
+    results = run_stages(ctx, planned_stages(cfg), echo=lambda line: None)
+    return ctx, results

@@ -9,20 +9,8 @@ import pytest
 
 from recaug_spark.config import load_config
 from recaug_spark.pipeline import planned_stages, run_stages, summary
-from recaug_spark.runs import RunContext
 
 SILVER = ("events", "items", "sequences", "sequence_targets")
-
-
-@pytest.fixture(scope="session")
-def default_run(spark, tmp_path_factory):
-    """One run of generate → ingest → clean on 5,000 generated events, shared by several tests."""
-    warehouse = tmp_path_factory.mktemp("pipeline") / "wh"
-    cfg = load_config(overrides=[f"run.warehouse={warehouse}", "generate.events=5000", "generate.items=300",
-                                 "generate.partitions=3"])
-    ctx = RunContext.create(spark, cfg, run_id="e2e")
-    results = run_stages(ctx, planned_stages(cfg), echo=lambda line: None)
-    return ctx, results
 
 
 def test_planned_stages_follow_the_input_and_until():
