@@ -166,9 +166,9 @@ def cluster_start(configs, sets):
 @_with_cluster_options
 def cluster_stop(configs, sets):
     """Stop the workers, then the master, started by `recaug cluster start`."""
-    from recaug_spark.cluster import format_status, stop_cluster
+    from recaug_spark.cluster import format_stopped, stop_cluster
 
-    click.echo(format_status(stop_cluster(_cluster_config(configs, sets))))
+    click.echo(format_stopped(stop_cluster(_cluster_config(configs, sets))))
 
 
 @cluster.command("status")

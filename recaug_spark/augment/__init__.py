@@ -1,0 +1,1 @@
+"""Augmenters: pure, vectorized, keyed-random functions of sequence batches (no Spark needed)."""

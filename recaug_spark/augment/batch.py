@@ -1,0 +1,125 @@
+"""Sequences as flat arrays plus offsets (Arrow's list layout), and edits applied to all columns.
+
+Augmenters never loop over rows in Python. A sequence operator *plans* an :class:`Edit` from the
+lengths (and timestamps) of a whole batch: for every output element, which parent element it
+copies (``positions``) and whether its item is replaced by an extra item (``item_codes``, an index
+into ``[MASK, *vocabulary]``). The edit is then applied to every list column at once with Arrow's
+``take``, which copies strings without creating Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MASK_TOKEN = "[mask]"
+LIST_COLUMNS = ("item_ids", "timestamps", "event_types")
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """A batch of sequences: per-sequence keys and offsets, and flat Arrow value arrays."""
+
+    keys: np.ndarray  # uint64, one entity key per sequence (from the user id)
+    offsets: np.ndarray  # int64, len n + 1
+    items: pa.Array  # flat item ids (string)
+    timestamps: np.ndarray  # flat int64 microseconds since the epoch, UTC
+    event_types: pa.Array  # flat event types (string)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sequence_of_element(self) -> np.ndarray:
+        """For each flat element, the index of its sequence."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
+
+    @property
+    def position_in_sequence(self) -> np.ndarray:
+        """For each flat element, its 0-based position inside its sequence."""
+        return np.arange(self.offsets[-1], dtype=np.int64) - np.repeat(self.offsets[:-1], self.lengths)
+
+    @classmethod
+    def from_lists(cls, keys, items, timestamps=None, event_types=None) -> "SequenceBatch":
+        """Build a batch from Python lists (tests and small examples)."""
+        lengths = np.array([len(s) for s in items], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat_items = [i for s in items for i in s]
+        if timestamps is None:
+            timestamps = [list(range(len(s))) for s in items]
+        if event_types is None:
+            event_types = [["view"] * len(s) for s in items]
+        return cls(
+            keys=np.asarray(keys, dtype=np.uint64),
+            offsets=offsets,
+            items=pa.array(flat_items, type=pa.string()),
+            timestamps=np.array([t for s in timestamps for t in s], dtype=np.int64),
+            event_types=pa.array([e for s in event_types for e in s], type=pa.string()),
+        )
+
+    def to_lists(self) -> list[list[str]]:
+        items = self.items.to_pylist()
+        return [items[self.offsets[i]: self.offsets[i + 1]] for i in range(len(self))]
+
+    def timestamps_lists(self) -> list[list[int]]:
+        return [self.timestamps[self.offsets[i]: self.offsets[i + 1]].tolist() for i in range(len(self))]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """How to build a child batch from its parent batch (see the module docstring).
+
+    ``positions``: for each output element, the parent flat position it copies (timestamps and
+    event types always come from there). ``item_codes``: -1 keeps the parent's item, ``k >= 0``
+    takes ``extra_items[k]``. ``timestamps``: optional new flat timestamps (inserted elements).
+    ``parents``/``keys``: for operators that emit several sequences per parent (prefix expansion),
+    the parent index and a fresh entity key of each output sequence; by default one per parent.
+    """
+
+    offsets: np.ndarray
+    positions: np.ndarray
+    item_codes: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    parents: np.ndarray | None = None
+    keys: np.ndarray | None = None
+
+
+def apply_edit(batch: SequenceBatch, edit: Edit, extra_items: pa.Array | None = None) -> SequenceBatch:
+    positions = pa.array(edit.positions, type=pa.int64())
+    items = batch.items.take(positions) if len(edit.positions) else pa.array([], pa.string())
+    if edit.item_codes is not None and (edit.item_codes >= 0).any():
+        if extra_items is None:
+            raise ValueError("this edit replaces items but no extra items were given")
+        replaced = extra_items.take(pa.array(np.maximum(edit.item_codes, 0), type=pa.int64()))
+        items = pc.if_else(pa.array(edit.item_codes >= 0), replaced, items)
+    timestamps = edit.timestamps if edit.timestamps is not None else batch.timestamps[edit.positions]
+    return SequenceBatch(
+        keys=edit.keys if edit.keys is not None else batch.keys,
+        offsets=edit.offsets.astype(np.int64),
+        items=items,
+        timestamps=np.asarray(timestamps, dtype=np.int64),
+        event_types=batch.event_types.take(positions) if len(edit.positions) else pa.array([], pa.string()),
+    )
+
+
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(start, start + length)`` for each pair, vectorized."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = offsets_from_lengths(lengths)
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)

@@ -1,0 +1,154 @@
+"""Random sequence operators, without Spark: known answers, invariants, keyed determinism."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recaug_spark.augment.base import AugmenterError, Draws, build
+from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
+from recaug_spark.augment.sequence_ops import ItemVocabulary, select_per_sequence
+
+VOCAB = ItemVocabulary.from_counts(["p", "q", "r"], [1, 1, 8])
+EXTRA = pa.concat_arrays([pa.array([MASK_TOKEN]), VOCAB.items])
+TEN = list("abcdefghij")
+
+
+def run(name, params, batch, seed=42, copy=0):
+    op = build(name, params)
+    edit = op.plan(batch, Draws(seed, name, batch.keys, copy), VOCAB)
+    return apply_edit(batch, edit, EXTRA)
+
+
+def one(items, key=7):
+    return SequenceBatch.from_lists([key], [items], timestamps=[[10 * i for i in range(len(items))]])
+
+
+def test_crop_keeps_a_contiguous_window_of_the_announced_length():
+    out = run("crop", {"eta": 0.6}, one(TEN)).to_lists()[0]
+    assert len(out) == 6
+    start = TEN.index(out[0])
+    assert out == TEN[start:start + 6]
+
+
+def test_mask_token_hides_exactly_floor_gamma_l_items_in_place():
+    batch = one(TEN)
+    out = run("mask", {"gamma": 0.3}, batch)
+    items = out.to_lists()[0]
+    assert items.count(MASK_TOKEN) == 3
+    assert [a for a, b in zip(TEN, items) if b != MASK_TOKEN] == [b for b in items if b != MASK_TOKEN]
+    assert out.timestamps_lists() == batch.timestamps_lists()
+
+
+def test_mask_dropout_and_delete_remove_exactly_floor_rate_l_items_keeping_order():
+    for name, params in [("mask", {"gamma": 0.3, "mode": "dropout"}), ("delete", {"rate": 0.3})]:
+        out = run(name, params, one(TEN))
+        items = out.to_lists()[0]
+        assert len(items) == 7
+        assert items == [i for i in TEN if i in items]  # a subsequence, in order
+        assert out.timestamps_lists()[0] == [10 * TEN.index(i) for i in items]
+
+
+def test_reorder_permutes_only_inside_one_window():
+    items = run("reorder", {"beta": 0.5}, one(TEN)).to_lists()[0]
+    assert sorted(items) == TEN
+    moved = [i for i, (a, b) in enumerate(zip(TEN, items)) if a != b]
+    if moved:
+        assert max(moved) - min(moved) < 5
+
+
+def test_substitute_replaces_exactly_floor_rate_l_positions_with_catalog_items():
+    for seed in range(20):
+        items = run("substitute", {"rate": 0.3, "sampling": "uniform"}, one(TEN), seed=seed).to_lists()[0]
+        changed = [(a, b) for a, b in zip(TEN, items) if a != b]
+        assert len(items) == 10  # catalog items p/q/r never equal a-j, so every replacement shows
+        assert len(changed) == 3 and all(b in {"p", "q", "r"} for _, b in changed)
+
+
+def test_popularity_sampling_follows_the_counts():
+    draws = np.linspace(0, 1, 10_000, endpoint=False)
+    counts = Counter(VOCAB.items.take(pa.array(VOCAB.sample(draws, "popularity"))).to_pylist())
+    assert counts == {"p": 1000, "q": 1000, "r": 8000}
+
+
+def test_insert_adds_items_before_anchors_and_copies_their_timestamps():
+    batch = one(TEN)
+    out = run("insert", {"rate": 0.3}, batch)
+    items, ts = out.to_lists()[0], out.timestamps_lists()[0]
+    assert len(items) == 13
+    assert [i for i in items if i in TEN] == TEN
+    for position, item in enumerate(items):
+        if item not in TEN:  # an inserted item sits before a real one and carries its timestamp
+            following = next(i for i in items[position:] if i in TEN)
+            assert ts[position] == 10 * TEN.index(following)
+    assert ts == sorted(ts)
+
+
+def test_prefix_and_window_expansion():
+    batch = one(list("abcde"))
+    prefixes = apply_edit(batch, build("prefixes", {}).plan(batch, Draws(1, "p", batch.keys), None))
+    assert prefixes.to_lists() == [list("abcd"), list("abc"), list("ab")]
+    assert len(set(prefixes.keys.tolist())) == 3  # each output has its own entity key
+    windows = apply_edit(batch, build("prefixes", {"mode": "windows", "window": 2, "stride": 2}).plan(
+        batch, Draws(1, "p", batch.keys), None))
+    assert windows.to_lists() == [list("de"), list("bc")]
+
+
+def test_short_sequences_are_left_unchanged():
+    batch = SequenceBatch.from_lists([1, 2], [["a"], ["b"]])
+    for name in ("crop", "mask", "reorder", "delete", "substitute", "insert"):
+        assert run(name, {}, batch).to_lists() == [["a"], ["b"]], name
+
+
+def test_draws_depend_on_the_entity_not_on_the_batch():
+    alone = run("mask", {"gamma": 0.5}, one(TEN, key=99)).to_lists()[0]
+    other = SequenceBatch.from_lists([5, 99, 6], [list("xyz"), TEN, list("uvwxyz")])
+    assert run("mask", {"gamma": 0.5}, other).to_lists()[1] == alone
+    assert run("mask", {"gamma": 0.5}, one(TEN, key=99), copy=1).to_lists()[0] != alone
+    assert run("mask", {"gamma": 0.5}, one(TEN, key=99), seed=43).to_lists()[0] != alone
+
+
+def test_unknown_names_and_parameters_fail_listing_what_is_known():
+    with pytest.raises(AugmenterError, match="known: .*crop"):
+        build("crp")
+    with pytest.raises(AugmenterError, match="allowed: \\['eta', 'min_length'\\]"):
+        build("crop", {"etta": 0.5})
+    with pytest.raises(AugmenterError, match="eta"):
+        build("crop", {"eta": 1.5})
+
+
+sequences = st.lists(st.lists(st.sampled_from(TEN), min_size=0, max_size=30), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sequences, st.integers(0, 2**32))
+def test_operator_invariants(seqs, seed):
+    batch = SequenceBatch.from_lists(np.arange(len(seqs)) * 7919 + seed, seqs)
+    lengths = [len(s) for s in seqs]
+    for name, check in [
+        ("crop", lambda s, o: len(o) <= len(s) and (not s or "".join(o) in "".join(s))),
+        ("mask", lambda s, o: len(o) == len(s)),
+        ("reorder", lambda s, o: sorted(o) == sorted(s)),
+        ("delete", lambda s, o: len(o) <= len(s) and (len(o) >= 1 or not s)),
+        ("substitute", lambda s, o: len(o) == len(s) and set(o) <= set(TEN) | {"p", "q", "r"}),
+        ("insert", lambda s, o: len(o) >= len(s) and Counter(s) <= Counter(o)),
+    ]:
+        out = run(name, {}, batch, seed=seed)
+        assert len(out) == len(seqs) and np.array_equal(out.keys, batch.keys)
+        for s, o in zip(seqs, out.to_lists()):
+            assert check(s, o), (name, s, o)
+        assert (np.diff(out.offsets) >= np.minimum(lengths, 1)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=20), st.integers(0, 2**32))
+def test_select_per_sequence_picks_exactly_the_requested_count(lengths, seed):
+    batch = SequenceBatch.from_lists(np.arange(len(lengths)), [["a"] * n for n in lengths])
+    counts = np.array([n // 2 for n in lengths])
+    chosen = select_per_sequence(Draws(seed, "s", batch.keys).per_element("x", batch), batch, counts)
+    assert np.array_equal(np.bincount(batch.sequence_of_element[chosen], minlength=len(lengths)), counts)
