@@ -50,7 +50,8 @@ def random_bits(seed: int, stream: str, keys: np.ndarray, draw: np.ndarray | int
     keys = np.asarray(keys, dtype=np.uint64)
     draw = np.asarray(draw, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return mix64(mix64(keys ^ base) + mix64(draw + base))
+        # Chained, not symmetric: (key a, draw b) and (key b, draw a) must not collide.
+        return mix64(mix64(keys ^ base) + draw * _GOLDEN)
 
 
 def uniform(seed: int, stream: str, keys: np.ndarray, draw: np.ndarray | int = 0) -> np.ndarray:

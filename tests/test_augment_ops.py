@@ -152,3 +152,11 @@ def test_select_per_sequence_picks_exactly_the_requested_count(lengths, seed):
     counts = np.array([n // 2 for n in lengths])
     chosen = select_per_sequence(Draws(seed, "s", batch.keys).per_element("x", batch), batch, counts)
     assert np.array_equal(np.bincount(batch.sequence_of_element[chosen], minlength=len(lengths)), counts)
+
+
+def test_keyed_bits_do_not_collide_for_small_keys_and_draws():
+    from recaug_spark import rng
+
+    keys, draws = np.meshgrid(np.arange(300, dtype=np.uint64), np.arange(300, dtype=np.uint64))
+    bits = rng.random_bits(1, "s", keys.ravel(), draws.ravel())
+    assert len(np.unique(bits)) == bits.size
