@@ -99,6 +99,17 @@ def table_version(uri: str) -> int:
     return DeltaTable(uri).version()
 
 
+def rows_by_partition(uri: str, column: str, version: int | None = None) -> dict[str | None, int]:
+    """Row counts per value of a partition column, from the Delta log alone (no data is read)."""
+    from deltalake import DeltaTable
+
+    actions = pa.table(DeltaTable(uri, version=version).get_add_actions(flatten=True))
+    counts: dict[str | None, int] = {}
+    for value, rows in zip(actions.column(f"partition.{column}").to_pylist(), actions.column("num_records").to_pylist()):
+        counts[value] = counts.get(value, 0) + int(rows)
+    return counts
+
+
 def committed_txn_version(uri: str, app_id: str) -> int | None:
     from deltalake import DeltaTable
 

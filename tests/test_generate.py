@@ -229,7 +229,7 @@ def test_planted_labels_match_the_rows(labelled):
     assert labels["duplicate"] > 0 and labels["near_duplicate"] > 0 and labels["bot"] > 0
     bots = events[events["planted"] == "bot"]
     assert set(bots["event_type"]) == {"view"}
-    assert events[events["planted"] == "ts_future"]["ts"].str.startswith("2099").all()
+    assert events[events["planted"] == "ts_future"]["ts"].str.startswith("2096").all()
     assert events[events["planted"] == "user_id_missing"]["user_id"].isna().all()
 
 
@@ -277,8 +277,8 @@ def test_reported_mess_is_found_in_the_written_rows(stage):
     catalog = set(items["item_id"])
     found = {
         "ts_unparsable": parsed.isna() & events["ts"].notna(),
-        "ts_future": parsed.dt.year == 2099,
-        "ts_too_old": parsed.dt.year == 1970,
+        "ts_future": parsed.dt.year == 2096,
+        "ts_too_old": parsed.dt.year == 1972,
         "user_id_missing": events["user_id"].isna(),
         "item_id_missing": events["item_id"].isna(),
         "item_id_unknown": events["item_id"].notna() & ~events["item_id"].isin(catalog),

@@ -42,7 +42,7 @@ under ``counts['planted.*']`` and, with ``with_labels=True``, row by row in a ``
 * ``near_duplicate``: a copy 1-5 seconds later (same user, item, event type, session, order);
 * ``bot``: bot users viewing the catalog in id order at ``bot_events_per_minute``;
 * one of :data:`BAD_KINDS` (the row keeps every other field valid): ``ts_unparsable``,
-  ``ts_future`` (year 2099), ``ts_too_old`` (year 1970), ``user_id_missing``, ``item_id_missing``,
+  ``ts_future`` (year 2096), ``ts_too_old`` (year 1972), ``user_id_missing``, ``item_id_missing``,
   ``item_id_unknown`` (not in the catalog), ``price_not_positive``, ``price_not_numeric``,
   ``quantity_negative``, ``quantity_not_numeric``;
 * items: ``missing_price`` (null catalog price: events still carry prices, so it can be imputed)
@@ -867,7 +867,7 @@ def events_to_arrow(events: dict[str, np.ndarray], plan: EventPlan, with_labels:
     mask = bad("ts_unparsable")
     ts = _replace(ts, mask, _choose(_UNPARSABLE_TS, _integers(seed, "event.ts.text", key[mask], len(_UNPARSABLE_TS),
                                                                 draw[mask])))
-    for kind, year in (("ts_future", "2099"), ("ts_too_old", "1970")):
+    for kind, year in (("ts_future", "2096"), ("ts_too_old", "1972")):  # leap years: 29 Feb stays a date
         mask = bad(kind)
         if mask.any():
             ts = _replace(ts, mask, pc.utf8_replace_slice(ts.filter(pa.array(mask)), start=0, stop=4, replacement=year))
