@@ -27,19 +27,21 @@ from recaug_spark.runs import RunContext, timed  # noqa: E402
 from recaug_spark.session import get_session  # noqa: E402
 
 
-def best_of(repeats: int, action) -> float:
-    times = []
+def interleaved_best(repeats: int, *actions) -> list[float]:
+    """Best time of each action over ``repeats`` rounds, alternating them so drift hits all alike."""
+    best = [float("inf")] * len(actions)
     for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for index, action in enumerate(actions):
+            start = time.perf_counter()
+            action()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--repeats", type=int, default=2, help="floor and writer: best of N")
+    parser.add_argument("--repeats", type=int, default=3, help="floor and writer: best of N")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args(argv)
@@ -66,8 +68,7 @@ def main(argv=None) -> None:
         def delta_writer():
             ctx.warehouse.write("bench_copy", ctx.warehouse.read("generated_events"), mode="overwrite")
 
-        floor_s = best_of(args.repeats, floor)
-        writer_s = best_of(args.repeats, delta_writer)
+        floor_s, writer_s = interleaved_best(args.repeats, floor, delta_writer)
         ingest = timed(_stage("ingest"), ctx)
         clean = timed(_stage("clean"), ctx)
         stages_s = ingest.duration_s + clean.duration_s

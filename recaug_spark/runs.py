@@ -52,7 +52,8 @@ class StageResult:
     skipped: bool = False  # the run id had already committed this stage
 
     def progress_line(self) -> str:
-        rate = self.rows_in / self.duration_s if self.duration_s > 0 else 0.0
+        rows = max(self.rows_in, self.rows_out)
+        rate = rows / self.duration_s if self.duration_s > 0 else 0.0
         tail = " (already committed by this run id: nothing written)" if self.skipped else ""
         return (
             f"[{self.stage}] rows in {self.rows_in:,} → out {self.rows_out:,}"

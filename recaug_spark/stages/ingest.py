@@ -64,12 +64,12 @@ import hmac
 import math
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -460,6 +460,19 @@ def validate_items(raw: DataFrame, cfg: IngestConfig, *, run_id: str) -> tuple[D
     return accepted_rows(checked, ITEMS_RAW), quarantine_rows(checked, run_id=run_id, table="items")
 
 
+def _reason_count_columns(reasons: Sequence[str]) -> list[Column]:
+    """Aggregates for ``DataFrame.observe``: all rows, and the rows of each reason."""
+    return [F.count(F.lit(1)).alias("rows"), *[F.count_if(F.col("reason") == r).alias(r) for r in reasons]]
+
+
+def _observed_reason_counts(observation: Observation, reasons: Sequence[str]) -> dict[str | None, int]:
+    """Rows per reason (None = accepted) from an observation taken during a write."""
+    metrics = observation.get
+    by_reason = {r: int(metrics[r]) for r in reasons if metrics[r]}
+    by_reason[None] = int(metrics["rows"]) - sum(by_reason.values())
+    return by_reason
+
+
 def reason_counts(checked: DataFrame) -> dict[str | None, int]:
     """Rows per reason (None = accepted) of a checked frame: one small aggregation job."""
     return {row["reason"]: int(row["count"]) for row in checked.groupBy("reason").count().collect()}
@@ -522,21 +535,20 @@ def run_ingest(ctx: RunContext) -> StageResult:
         events = pseudonymize_checked(events, key, redact_unparsable=cfg.pseudonymize.redact_unparsable)
     items = check_items(sources.items, cfg)
 
-    events = events.persist(StorageLevel.MEMORY_AND_DISK)
-    items = items.persist(StorageLevel.MEMORY_AND_DISK)
+    # Events: no cache of the whole source. The accepted write observes the count of every reason
+    # on its way (one pass); the quarantine write is a second, cheap pass over the same source.
+    observation = Observation("ingest_events")
+    observed = events.observe(observation, *_reason_count_columns(EVENT_REASONS))
+    items = items.persist(StorageLevel.MEMORY_AND_DISK)  # the catalog: small, read twice
     try:
-        event_counts = reason_counts(events)  # materializes the cache: the one pass over the source
+        written_events = ctx.warehouse.write(
+            "events_raw", accepted_rows(observed, EVENTS_RAW), mode="overwrite", partition_by=["dt"], txn=txn,
+        )
+        event_counts = _observed_reason_counts(observation, EVENT_REASONS)
         item_counts = reason_counts(items)
         events_accepted, items_accepted = event_counts.get(None, 0), item_counts.get(None, 0)
         events_quarantined = sum(n for r, n in event_counts.items() if r is not None)
         items_quarantined = sum(n for r, n in item_counts.items() if r is not None)
-
-        accepted_events = (
-            accepted_rows(events, EVENTS_RAW).repartition("dt").sortWithinPartitions("dt", "user_id", "ts")
-        )
-        written_events = ctx.warehouse.write(
-            "events_raw", accepted_events, mode="overwrite", partition_by=["dt"], txn=txn,
-        )
         accepted_items = accepted_rows(items, ITEMS_RAW).coalesce(_files_for(items_accepted))
         written_items = ctx.warehouse.write("items_raw", accepted_items, mode="overwrite", txn=txn)
         rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(
@@ -544,7 +556,6 @@ def run_ingest(ctx: RunContext) -> StageResult:
         ).coalesce(_files_for(events_quarantined + items_quarantined))
         written_quarantine = ctx.warehouse.write("quarantine", rejected, mode="append", txn=txn)
     finally:
-        events.unpersist()
         items.unpersist()
 
     counts: dict[str, int] = {
