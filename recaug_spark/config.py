@@ -51,14 +51,35 @@ class SparkConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """A local Spark standalone cluster started by ``recaug cluster start``."""
+    """A local Spark standalone cluster started by ``recaug cluster start`` (every service on 127.0.0.1).
+
+    PID files and logs live in ``work_dir``; executors' own logs under ``work_dir/work``. Choose
+    other ports to run two clusters side by side (tests use free ones).
+    """
 
     work_dir: str = "./.recaug/cluster"
-    master_port: int = 7077
-    master_webui_port: int = 8080
+    master_port: int = Field(7077, ge=1, le=65535)
+    master_webui_port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     cores_per_worker: int = Field(2, ge=1)
-    memory_per_worker: str = "4g"
+    memory_per_worker: str = "4g"  # a Spark size with a unit: 512m, 4g (each executor needs 1g by default)
+    start_timeout_s: float = Field(120.0, gt=0)  # until the master reports every worker ALIVE
+    stop_timeout_s: float = Field(30.0, gt=0)  # SIGTERM, then SIGKILL after this long
+
+    @field_validator("memory_per_worker")
+    @classmethod
+    def _memory_with_unit(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[1-9][0-9]*[kmgt]b?", value.strip().lower()):
+            raise ValueError("must be a size with a unit such as '512m' or '4g'")
+        return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "ClusterConfig":
+        if self.master_port == self.master_webui_port:
+            raise ValueError(f"master_port and master_webui_port are both {self.master_port}; they must differ")
+        return self
 
 
 class DeltaConfig(_Section):
@@ -66,38 +87,82 @@ class DeltaConfig(_Section):
 
 
 class MessConfig(_Section):
-    """Planted mess, so that ingest and clean have real work on the embedded default."""
+    """Planted mess, so that ingest and clean have real work on the embedded default.
 
-    duplicate_rate: float = Field(0.02, ge=0, le=1)
-    near_duplicate_rate: float = Field(0.01, ge=0, le=1)
-    bad_row_rate: float = Field(0.002, ge=0, le=1)
+    Rates of duplicates, near-duplicates and bad rows are per organic event and exclusive (one
+    event gets at most one kind), so the generator can report exact counts of each.
+    """
+
+    duplicate_rate: float = Field(0.02, ge=0, le=1)  # exact copies of a row
+    near_duplicate_rate: float = Field(0.01, ge=0, le=1)  # same user/item/event 1-5 seconds later
+    bad_row_rate: float = Field(0.002, ge=0, le=1)  # rows with one invalid field (kinds drawn evenly)
     bot_users: int = Field(3, ge=0)
     bot_events_per_user: int = Field(2000, ge=1)
-    return_rate: float = Field(0.05, ge=0, le=1)
+    bot_events_per_minute: int = Field(120, ge=1)  # machine rate of a bot's item views
+    bot_max_event_share: float = Field(0.1, ge=0, le=0.5)  # bots get at most this share of `events`
+    return_rate: float = Field(0.05, ge=0, le=1)  # share of purchases returned 1-30 days later
     missing_item_price_rate: float = Field(0.05, ge=0, le=1)
+    messy_item_text_rate: float = Field(0.05, ge=0, le=1)  # upper-cased, padded or HTML-laden text
+    missing_session_id_rate: float = Field(0.03, ge=0, le=1)  # sessions whose source id is null
+
+    @model_validator(mode="after")
+    def _exclusive_rates(self) -> "MessConfig":
+        event_rates = self.duplicate_rate + self.near_duplicate_rate + self.bad_row_rate
+        if event_rates > 1:
+            raise ValueError(f"duplicate_rate + near_duplicate_rate + bad_row_rate is {event_rates:g}; it must be <= 1")
+        if self.missing_item_price_rate + self.messy_item_text_rate > 1:
+            raise ValueError("missing_item_price_rate + messy_item_text_rate must be <= 1")
+        return self
 
 
 class GenerateConfig(_Section):
-    events: int = Field(100_000, ge=1_000)
+    """The embedded default shop (see ``recaug_spark.stages.generate``)."""
+
+    events: int = Field(100_000, ge=1_000)  # target total rows of generated_events (mess included)
     items: int = Field(2_000, ge=10)
-    categories: int = Field(12, ge=1)
+    categories: int = Field(12, ge=1, le=16)  # the first N of the built-in category vocabularies
     users: int | None = Field(None, ge=1)  # default: events / 20
     partitions: int = Field(8, ge=1)
-    start_date: str = "2024-01-01"
+    start_date: str = "2024-01-01"  # UTC midnight of the first day
     days: int = Field(90, ge=1)
-    zipf_exponent: float = Field(1.05, gt=0)
+    zipf_exponent: float = Field(1.05, gt=0)  # item popularity within a category
     user_activity_alpha: float = Field(1.6, gt=1)  # Pareto tail of events per user
+    max_events_per_user: int = Field(5_000, ge=1)  # caps the Pareto tail of organic users
+    session_items_mean: float = Field(4.0, ge=1)  # items looked at per session, on average
+    session_category_stickiness: float = Field(0.9, ge=0, le=1)  # share of a session's items in its category
+    view_to_cart_rate: float = Field(0.15, ge=0, le=1)
+    cart_to_purchase_rate: float = Field(0.5, ge=0, le=1)
     mess: MessConfig = MessConfig()
-    output: str | None = None  # default: <warehouse>/_source/generated
+    output: str | None = None  # default: the warehouse (tables generated_events, generated_items)
+
+    @field_validator("start_date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        import datetime as dt
+
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO date such as '2024-01-01'") from None
+        return value
 
 
 IngestFormat = Literal["generated", "csv", "parquet", "json", "delta", "online-retail", "amazon-5core", "diginetica"]
 
 
 class PseudonymizeConfig(_Section):
+    """Keyed pseudonymization of user (and session) ids at ingest: HMAC-SHA256 under a secret key.
+
+    The key comes from ``key_file`` when set, else from the environment variable ``key_env``; it is
+    never logged nor stored. Without one, ingest refuses real ids unless ``ids_already_anonymous``.
+    """
+
     key_env: str = "RECAUG_PSEUDONYM_KEY"
     key_file: str | None = None
     ids_already_anonymous: bool = False
+    # A quarantined line that could not be split into fields may hold a raw user id that cannot be
+    # located: keep only its length (true) or the verbatim line (false) in the quarantine table.
+    redact_unparsable: bool = True
 
 
 class IngestConfig(_Section):
@@ -108,7 +173,7 @@ class IngestConfig(_Section):
     items_columns: dict[str, str] = Field(default_factory=dict)
     csv_separator: str = ","
     csv_header: bool = True
-    timestamp_format: str | None = None  # Spark datetime pattern; None = ISO-8601
+    timestamp_format: str | None = None  # Spark datetime pattern, "epoch_seconds" or "epoch_millis"; None = ISO-8601
     default_event_type: str = "purchase"
     allow_zero_price: bool = False
     max_future_seconds: int = Field(86_400, ge=0)
@@ -127,6 +192,26 @@ class IngestConfig(_Section):
             raise ValueError(f"unknown canonical column(s) {unknown}; allowed: {list(allowed)}")
         return mapping
 
+    @field_validator("default_event_type")
+    @classmethod
+    def _known_default_event_type(cls, value: str) -> str:
+        from recaug_spark.schemas import EVENT_TYPES
+
+        if value not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {value!r}; allowed: {list(EVENT_TYPES)}")
+        return value
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _iso_min_timestamp(cls, value: str) -> str:
+        import datetime as _dt
+
+        try:
+            _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 date or timestamp (e.g. '1995-01-01')") from None
+        return value
+
 
 class BotConfig(_Section):
     max_events_per_minute: int = Field(60, ge=1)
@@ -139,9 +224,17 @@ class SplitConfig(_Section):
     test_fraction: float = Field(0.1, gt=0, lt=1)
     min_train_items: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _fractions_leave_a_training_part(self) -> "SplitConfig":
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"valid_fraction + test_fraction = {self.valid_fraction + self.test_fraction:g} must be < 1"
+            )
+        return self
+
 
 class CleanConfig(_Section):
-    near_duplicate_seconds: int = Field(10, ge=0)
+    near_duplicate_seconds: int = Field(10, ge=0)  # 0 disables near-duplicate removal
     bots: BotConfig = BotConfig()
     net_returns: bool = True
     session_gap_minutes: int = Field(30, ge=1)
@@ -161,11 +254,48 @@ class CleanConfig(_Section):
         return values
 
 
-STAGES = ("generate", "ingest", "clean")
+class BranchConfig(_Section):
+    """One branch of the augmentation pipeline: a chain of operators and how many copies it makes."""
+
+    chain: str  # operator names joined by ">", e.g. "crop > mask"
+    copies: int = Field(1, ge=1, le=100)  # augmented copies of each targeted real sequence
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # operator name -> its parameters
+    max_length: int | None = Field(None, ge=1)  # targeting: only sequences of length <= max_length
+
+    @property
+    def operators(self) -> list[str]:
+        return [name.strip() for name in self.chain.split(">") if name.strip()]
+
+    @model_validator(mode="after")
+    def _known_operators(self) -> "BranchConfig":
+        from recaug_spark.augment.base import build
+
+        if not self.operators:
+            raise ValueError("chain is empty; write operator names joined by '>', e.g. 'crop > mask'")
+        unused = sorted(set(self.params) - set(self.operators))
+        if unused:
+            raise ValueError(f"params given for {unused}, which are not in the chain {self.operators}")
+        for name in self.operators:
+            build(name, self.params.get(name))  # unknown names or parameters fail here, listing the known ones
+        return self
+
+
+class AugmentConfig(_Section):
+    enabled: bool = True
+    partitions: int = Field(8, ge=1)  # sequences are hash-partitioned by user id into this many
+    arrow_batch_rows: int = Field(2_048, ge=16)  # sequences per Arrow batch handed to augmenters
+    branches: tuple[BranchConfig, ...] = (
+        BranchConfig(chain="crop", params={"crop": {"eta": 0.6}}),
+        BranchConfig(chain="mask", params={"mask": {"gamma": 0.3}}),
+        BranchConfig(chain="reorder", params={"reorder": {"beta": 0.2}}),
+    )
+
+
+STAGES = ("generate", "ingest", "clean", "augment")
 
 
 class PipelineConfig(_Section):
-    until: Literal["generate", "ingest", "clean"] = "clean"
+    until: Literal["generate", "ingest", "clean", "augment"] = "augment"
 
 
 class Config(_Section):
@@ -176,6 +306,7 @@ class Config(_Section):
     generate: GenerateConfig = GenerateConfig()
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
+    augment: AugmentConfig = AugmentConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")

@@ -25,7 +25,10 @@ def stage_function(stage: str) -> Callable[[RunContext], StageResult]:
 def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
     """The stages a run executes, in order: generate only when the input is the built-in shop."""
     last = STAGES.index(until or cfg.pipeline.until)
-    return [s for s in STAGES[: last + 1] if s != "generate" or cfg.ingest.format == "generated"]
+    skipped = {"generate"} if cfg.ingest.format != "generated" else set()
+    if not cfg.augment.enabled:
+        skipped.add("augment")
+    return [s for s in STAGES[: last + 1] if s not in skipped]
 
 
 def run_stages(ctx: RunContext, stages: list[str], echo: Callable[[str], None] = print) -> list[StageResult]:
@@ -39,7 +42,7 @@ def run_stages(ctx: RunContext, stages: list[str], echo: Callable[[str], None] =
 
 
 def summary(ctx: RunContext, results: list[StageResult]) -> str:
-    """The final report: tables and versions, quarantine and removal counts by reason."""
+    """The final report: tables and versions, quarantined and removed rows by reason, rows per operator."""
     lines = [f"run {ctx.run_id}  config {ctx.cfg.hash}  warehouse {ctx.warehouse.root}  backend {ctx.warehouse.backend}"]
     versions: dict[str, int] = {}
     for result in results:
@@ -47,7 +50,7 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
     lines.append("tables (Delta version):")
     lines += [f"  {name:<18} v{version}   {ctx.warehouse.uri(name)}" for name, version in sorted(versions.items())]
     for result in results:
-        by_reason = {k: v for k, v in result.counts.items() if k.startswith(("quarantine.", "removed."))}
+        by_reason = {k: v for k, v in result.counts.items() if k.startswith(("quarantine.", "removed.", "rows."))}
         if by_reason:
             lines.append(f"{result.stage}: rows in {result.rows_in:,}, out {result.rows_out:,}, by reason:")
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]

@@ -62,3 +62,48 @@ RUNS = T.StructType([
     T.StructField("config_hash", T.StringType(), False),
     T.StructField("config", T.StringType(), False),  # effective config as JSON
 ])
+
+# ---- silver tables written by the clean stage (recaug_spark/stages/clean.py) ----
+
+EVENTS = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("event_type", T.StringType(), False),
+    T.StructField("ts", T.TimestampType(), False),
+    T.StructField("quantity", T.IntegerType(), True),  # after returns netting
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("session_id", T.StringType(), False),  # computed: "<user_id>-<n>", n = 1, 2, ...
+    T.StructField("order_id", T.StringType(), True),
+    T.StructField("country", T.StringType(), True),
+    T.StructField("device", T.StringType(), True),
+    T.StructField("source", T.StringType(), True),
+    T.StructField("split", T.StringType(), True),  # train / valid / test; null: not in a sequence
+    T.StructField("dt", T.DateType(), False),
+])
+
+ITEMS = T.StructType([
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("title", T.StringType(), True),  # normalized: trimmed, single spaces, lower case
+    T.StructField("description", T.StringType(), True),
+    T.StructField("category", T.StringType(), True),
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("price_imputed", T.BooleanType(), False),  # price is its category's median
+    T.StructField("attributes", T.StringType(), True),  # JSON object
+])
+
+SEQUENCES = T.StructType([  # the training part only; held-out targets live in SEQUENCE_TARGETS
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("item_ids", T.ArrayType(T.StringType()), False),
+    T.StructField("timestamps", T.ArrayType(T.TimestampType()), False),
+    T.StructField("event_types", T.ArrayType(T.StringType()), False),
+    T.StructField("session_ids", T.ArrayType(T.StringType()), False),
+    T.StructField("length", T.IntegerType(), False),
+])
+
+SEQUENCE_TARGETS = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("split", T.StringType(), False),  # valid / test
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("ts", T.TimestampType(), False),
+    T.StructField("event_type", T.StringType(), False),
+])

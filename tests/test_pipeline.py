@@ -14,10 +14,11 @@ SILVER = ("events", "items", "sequences", "sequence_targets")
 
 
 def test_planned_stages_follow_the_input_and_until():
-    assert planned_stages(load_config()) == ["generate", "ingest", "clean"]
+    assert planned_stages(load_config()) == ["generate", "ingest", "clean", "augment"]
     assert planned_stages(load_config(), until="ingest") == ["generate", "ingest"]
+    assert planned_stages(load_config(overrides=["augment.enabled=false"])) == ["generate", "ingest", "clean"]
     external = load_config(overrides=["ingest.format=csv", "ingest.events=x.csv"])
-    assert planned_stages(external) == ["ingest", "clean"]
+    assert planned_stages(external, until="clean") == ["ingest", "clean"]
 
 
 def test_main_job_leaves_every_table_readable_with_deltalake(default_run):
@@ -30,7 +31,7 @@ def test_main_job_leaves_every_table_readable_with_deltalake(default_run):
 def test_runs_table_records_each_stage_with_counts_config_and_versions(default_run):
     ctx, results = default_run
     runs = ctx.warehouse.read("runs").where(f"run_id = '{ctx.run_id}'").collect()
-    assert sorted(r.stage for r in runs) == ["clean", "generate", "ingest"]
+    assert sorted(r.stage for r in runs) == ["augment", "clean", "generate", "ingest"]
     by_stage = {r.stage: r for r in runs}
     ingest = by_stage["ingest"]
     counts = json.loads(ingest.counts)

@@ -23,7 +23,7 @@ from recaug_spark.config import ClusterConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB = REPO_ROOT / "jobs" / "pipeline.py"
-TABLES = ("events", "items", "sequences", "sequence_targets", "quarantine", "runs")
+TABLES = ("events", "items", "sequences", "sequence_targets", "quarantine", "runs", "augmented_sequences")
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_pipeline_on_standalone_cluster(cluster, tmp_path):
 
     # And `runs` holds one row per stage of this run
     runs = DeltaTable(str(warehouse / "runs")).to_pyarrow_table().to_pylist()
-    assert sorted(r["stage"] for r in runs) == ["clean", "generate", "ingest"], runs
+    assert sorted(r["stage"] for r in runs) == ["augment", "clean", "generate", "ingest"], runs
     assert len({r["run_id"] for r in runs}) == 1
 
     # And the application ran on the standalone master, not in local mode

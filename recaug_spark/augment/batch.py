@@ -28,6 +28,7 @@ class SequenceBatch:
     items: pa.Array  # flat item ids (string)
     timestamps: np.ndarray  # flat int64 microseconds since the epoch, UTC
     event_types: pa.Array  # flat event types (string)
+    session_ids: pa.Array | None = None  # flat session ids (string), when the source has them
 
     @property
     def lengths(self) -> np.ndarray:
@@ -93,7 +94,7 @@ class Edit:
 
 def apply_edit(batch: SequenceBatch, edit: Edit, extra_items: pa.Array | None = None) -> SequenceBatch:
     positions = pa.array(edit.positions, type=pa.int64())
-    items = batch.items.take(positions) if len(edit.positions) else pa.array([], pa.string())
+    items = batch.items.take(positions)
     if edit.item_codes is not None and (edit.item_codes >= 0).any():
         if extra_items is None:
             raise ValueError("this edit replaces items but no extra items were given")
@@ -105,7 +106,8 @@ def apply_edit(batch: SequenceBatch, edit: Edit, extra_items: pa.Array | None = 
         offsets=edit.offsets.astype(np.int64),
         items=items,
         timestamps=np.asarray(timestamps, dtype=np.int64),
-        event_types=batch.event_types.take(positions) if len(edit.positions) else pa.array([], pa.string()),
+        event_types=batch.event_types.take(positions),
+        session_ids=None if batch.session_ids is None else batch.session_ids.take(positions),
     )
 
 

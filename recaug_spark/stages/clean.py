@@ -1,0 +1,785 @@
+"""Clean stage: bronze ``events_raw``/``items_raw`` → silver ``events``, ``items``, ``sequences``,
+``sequence_targets``.
+
+Every step is a pure DataFrame → DataFrame function, testable on a handful of rows. Removed events
+are never dropped along the way: they carry a reason in the ``_reason`` column (null = kept), so the
+stage reconciles exactly (``rows_in = rows_out + Σ removed.<reason>``) from one ``groupBy`` at the
+end, and each event is counted under exactly one reason.
+
+Reasons, in precedence order. A step only looks at the events that no earlier step removed, and
+its label overrides a later step's: so returns netting (per user and item) may run before the bot
+rule (per user) — the order with the fewest sorts — and still give the result of the listed
+order, because the bot rule removes whole users.
+
+==================  =========================================================================
+exact_duplicate     all ``events_raw`` columns equal to another event's (the first copy stays)
+near_duplicate      same user, item and event type at most ``clean.near_duplicate_seconds`` after
+                    the previous such event (chains collapse onto their first event; 0 disables)
+bot_user            every event of a user with more than ``bots.max_events_per_minute`` events in
+                    some 60-second span of one UTC day, or more than ``bots.max_events_per_day``
+                    in one UTC day (counted after de-duplication)
+returned            a purchase whose whole quantity was netted away by later returns
+return_netted       a return fully netted against the user's earlier purchases of the item
+unmatched_return    a return with nothing, or not enough, bought before it to net against
+kcore               a user or item left with fewer than ``clean.kcore`` interactions
+==================  =========================================================================
+
+Returns netting is **oldest purchase first** (FIFO): a return of ``q`` units consumes the user's
+earliest not-yet-netted purchases of the same item that happened before it (a purchase at the
+same timestamp counts as before). FIFO makes the consumed purchases a prefix of the purchase
+history, so netting is a closed form of running sums and running minima (window functions, no
+per-row loop): with ``P_k`` the units bought before return ``k``, ``R_k`` the units returned up to
+and including it, the units matched so far are ``M_k = R_k + min(0, min_{j≤k}(P_j − R_j))``; a
+purchase keeps ``q − clamp(M_total − units bought before it, 0, q)`` units. A partly matched return
+still nets what it can; the return row itself is counted as ``unmatched_return``. Null quantities
+count as 1, negative ones (online-retail credit notes) by their absolute value.
+
+Event order (sequences, sessions, the split) is ``ts`` then a deterministic tie-breaker: item_id,
+event type (view < cart < purchase < return), order_id, quantity, price, source session id,
+country, device, source, dt. Sessions: a new session after a gap of more than
+``clean.session_gap_minutes`` between consecutive kept events of a user (any type);
+``session_id = "<user_id>-<n>"`` with ``n`` the session's ordinal (1-based) in the user's history.
+
+Split (decided here, before any augmentation): a user's sequence is their kept events whose type
+is in ``clean.sequence_event_types``, capped to the most recent ``clean.max_sequence_length``.
+
+* ``leave_one_out``: last event → ``test``, second-to-last → ``valid``, the rest → ``train``; users
+  with fewer than ``split.min_train_items + 2`` sequence events keep everything in ``train``.
+* ``time_fraction``: two global cut-offs on the **time range** [first, last] of all kept sequence
+  events: ``test`` = events at or after ``last − test_fraction·range``, ``valid`` = events at or
+  after ``last − (test_fraction + valid_fraction)·range``, the rest ``train``. (A time-range cut is
+  exact and deterministic from one min/max; ingest already drops absurd timestamps.) Users with
+  fewer than ``split.min_train_items`` training events are not evaluated: their later events get
+  no split and no target.
+
+``sequences`` holds the training part only; the held-out events go to ``sequence_targets``, a
+separate table, so that later stages cannot read a target by accident.
+
+Performance: the events are shuffled once (hash of user_id) and sorted twice within partitions:
+by (user, item, time) for de-duplication and netting, by (user, day, time) for bots, sessions and
+the split. Every window below is partitioned by user_id plus optional columns and ordered by a
+prefix of those sort keys, so Spark adds no further exchange or sort, and windows that share a
+specification are evaluated together (six window passes in all). The annotated frame (needed
+columns only) is persisted once and feeds the counts and all four tables; ``events`` is
+rebalanced by ``dt`` before its write (one file per day instead of tasks × days small files) and
+``sequences`` is aggregated sort-based on the already sorted users.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from functools import reduce
+from typing import Sequence
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recaug_spark.config import BotConfig, CleanConfig
+from recaug_spark.runs import RunContext, StageResult
+from recaug_spark.schemas import EVENT_TYPES, EVENTS, EVENTS_RAW, ITEMS, ITEMS_RAW, SEQUENCE_TARGETS, SEQUENCES
+
+STAGE = "clean"
+log = logging.getLogger(__name__)
+REASON = "_reason"
+# One tuple per step, in precedence order; a step sees events untouched by every earlier step.
+STEPS: tuple[tuple[str, ...], ...] = (
+    ("exact_duplicate",),
+    ("near_duplicate",),
+    ("bot_user",),
+    ("returned", "return_netted", "unmatched_return"),
+    ("kcore",),
+)
+REASONS: tuple[str, ...] = tuple(reason for step in STEPS for reason in step)
+_EXACT, _NEAR, _BOT, _NET, _KCORE = range(len(STEPS))
+
+OUTPUT_TABLES = ("events", "items", "sequences", "sequence_targets")
+
+# Helper columns (dropped before writing).
+_TS_US = "_ts_us"  # ts in microseconds since the epoch
+_DAY = "_day"  # UTC day number of ts
+_TYPE_RANK = "_type_rank"
+_SESSION = "_session"  # the computed session id (session_id keeps the source's until the end)
+_POS = "_seq_pos"  # 1-based position in the user's (capped) sequence
+_TYPE_RANKS = {"view": 0, "cart": 1, "purchase": 2, "return": 3}
+_TIEBREAK = ("order_id", "quantity", "price", "session_id", "country", "device", "source", "dt")
+_RAW_COLUMNS = tuple(EVENTS_RAW.fieldNames())
+_US_PER_DAY = 86_400_000_000
+# What the outputs need from the annotated events (the persisted frame holds only these).
+_KEPT_COLUMNS = (*[c for c in _RAW_COLUMNS if c != "session_id"], REASON, _SESSION, "split", _POS)
+
+
+# --------------------------------------------------------------------------------------------
+# Order keys and reason bookkeeping
+# --------------------------------------------------------------------------------------------
+
+def prepare_events(df: DataFrame) -> DataFrame:
+    """Add the helper order keys (``_ts_us``, ``_day``, ``_type_rank``) and an empty ``_reason``.
+
+    Idempotent: columns already present are kept. Every step calls it, so each one also works
+    alone on a hand-made frame of ``events_raw`` rows.
+    """
+    if _TS_US not in df.columns:
+        df = df.withColumn(_TS_US, F.unix_micros(F.col("ts")))
+    if _DAY not in df.columns:
+        df = df.withColumn(
+            _DAY, F.expr(f"CAST(({_TS_US} - pmod({_TS_US}, {_US_PER_DAY})) div {_US_PER_DAY} AS INT)")
+        )
+    if _TYPE_RANK not in df.columns:
+        rank = reduce(
+            lambda acc, kv: acc.when(F.col("event_type") == kv[0], kv[1]),
+            list(_TYPE_RANKS.items())[1:],
+            F.when(F.col("event_type") == "view", 0),
+        )
+        df = df.withColumn(_TYPE_RANK, rank.otherwise(len(_TYPE_RANKS)))
+    if REASON not in df.columns:
+        df = df.withColumn(REASON, F.lit(None).cast(T.StringType()))
+    return df
+
+
+def _tiebreak(df: DataFrame) -> list[str]:
+    return [c for c in _TIEBREAK if c in df.columns]
+
+
+def item_order(df: DataFrame) -> list[str]:
+    """Sort key of the per-(user, item) steps: duplicates and returns netting."""
+    return ["user_id", "item_id", "ts", _TYPE_RANK, "event_type", *_tiebreak(df)]
+
+
+def time_order(df: DataFrame) -> list[str]:
+    """Sort key of the per-user time steps: bots, sessions, the split, sequences."""
+    return ["user_id", _DAY, _TS_US, "item_id", _TYPE_RANK, "event_type", *_tiebreak(df)]
+
+
+def _item_window(df: DataFrame):
+    return Window.partitionBy("user_id", "item_id").orderBy(*item_order(df)[2:])
+
+
+def _user_window(df: DataFrame):
+    return Window.partitionBy("user_id").orderBy(*time_order(df)[1:])
+
+
+def _present(step: int) -> Column:
+    """Events not removed by ``step`` or any earlier step (later steps' labels may be overridden)."""
+    later = [reason for s in STEPS[step + 1:] for reason in s]
+    if not later:
+        return F.col(REASON).isNull()
+    return F.col(REASON).isNull() | F.col(REASON).isin(*later)
+
+
+def _alive() -> Column:
+    return F.col(REASON).isNull()
+
+
+def _tag(df: DataFrame, step: int, cases: Sequence[tuple[Column, str]]) -> DataFrame:
+    """Label the present events meeting each condition (first match wins) with its reason."""
+    present = _present(step)
+    expr = None
+    for condition, reason in cases:
+        assert reason in STEPS[step], f"{reason} does not belong to step {STEPS[step]}"
+        hit = present & F.coalesce(condition, F.lit(False))
+        expr = F.when(hit, F.lit(reason)) if expr is None else expr.when(hit, F.lit(reason))
+    return df.withColumn(REASON, expr.otherwise(F.col(REASON)))
+
+
+# --------------------------------------------------------------------------------------------
+# 1. duplicates
+# --------------------------------------------------------------------------------------------
+
+def mark_duplicates(df: DataFrame, near_duplicate_seconds: int) -> DataFrame:
+    """Label exact duplicates and near-duplicates (see the module docstring).
+
+    Example::
+
+        # events at t, t+5s, t+30s (same user, item, type), a 10 s window → the t+5s one is
+        # labelled near_duplicate
+        mark_duplicates(events, 10).where("_reason IS NULL")
+    """
+    df = prepare_events(df)
+    w = _item_window(df)
+    compared = [c for c in _RAW_COLUMNS if c in df.columns and c not in ("user_id", "item_id")]
+    # Rows are sorted by every column, so an exact copy directly follows its original: one lag of
+    # a struct (null-safe equality compares nulls and NaNs as equal) finds it.
+    record = F.struct(*compared)
+    columns = {"_same": record.eqNullSafe(F.lag(record).over(w))}
+    if near_duplicate_seconds > 0:
+        # The previous event of the row's own type that no earlier step removed. Exact copies need
+        # no exclusion: a copy has its original's timestamp and type and follows it, so it never
+        # changes that previous timestamp. Both windows therefore run in one pass.
+        before = w.rowsBetween(Window.unboundedPreceding, -1)
+        present = _present(_EXACT)
+        previous_ts = None
+        for event_type in EVENT_TYPES:
+            last = F.last(F.when(present & (F.col("event_type") == event_type), F.col(_TS_US)), ignorenulls=True)
+            case = (F.col("event_type") == event_type, last.over(before))
+            previous_ts = F.when(*case) if previous_ts is None else previous_ts.when(*case)
+        columns["_near"] = (F.col(_TS_US) - previous_ts) <= F.lit(int(near_duplicate_seconds) * 1_000_000)
+    df = _tag(df.withColumns(columns), _EXACT, [(F.col("_same"), "exact_duplicate")])
+    if near_duplicate_seconds > 0:
+        df = _tag(df, _NEAR, [(F.col("_near"), "near_duplicate")])
+    return df.drop(*columns)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. bots
+# --------------------------------------------------------------------------------------------
+
+def _with_bursts(df: DataFrame, bots: BotConfig) -> DataFrame:
+    """Add ``_burst`` (1 on an event that ends a too-busy minute or lies in a too-busy day)."""
+    present = _present(_BOT).cast("int")
+    day = Window.partitionBy("user_id", _DAY).orderBy(_TS_US)  # one spec: both counts in one pass
+    in_minute = day.rangeBetween(-59_999_999, 0)
+    in_day = day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    burst = (F.sum(present).over(in_minute) > bots.max_events_per_minute) | (
+        F.sum(present).over(in_day) > bots.max_events_per_day
+    )
+    return df.withColumn("_burst", (_present(_BOT) & burst).cast("int"))
+
+
+def _bot_user(df: DataFrame) -> Column:
+    """True on every event of a user with a burst (over the user window, so it can share a pass)."""
+    return F.max("_burst").over(_user_window(df).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)) > 0
+
+
+def mark_bot_users(df: DataFrame, bots: BotConfig) -> DataFrame:
+    """Label every present event of a user whose activity exceeds the per-minute or per-day cap.
+
+    Per minute: more than ``max_events_per_minute`` events within any 60-second span of one UTC
+    day (a sliding window ending at each event). Per day: more than ``max_events_per_day`` events
+    in one UTC day. Only events no duplicate rule removed are counted.
+    """
+    df = _with_bursts(prepare_events(df), bots)
+    return _tag(df, _BOT, [(_bot_user(df), "bot_user")]).drop("_burst")
+
+
+# --------------------------------------------------------------------------------------------
+# 3. returns netting
+# --------------------------------------------------------------------------------------------
+
+def net_returns(df: DataFrame) -> DataFrame:
+    """Net each return against the same user's earlier purchases of the item, oldest first.
+
+    Purchases keep their remaining quantity (``returned`` when nothing remains), returns are
+    labelled ``return_netted`` (fully matched) or ``unmatched_return``.
+
+    Example::
+
+        # purchase 6 then return 2 → the purchase keeps quantity 4, the return is return_netted
+        net_returns(events).select("event_type", "quantity", "_reason")
+    """
+    df = prepare_events(df)
+    w = _item_window(df)
+    running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    before = w.rowsBetween(Window.unboundedPreceding, -1)
+    whole = w.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    present = _present(_NET)
+    units = F.coalesce(F.abs(F.col("quantity")), F.lit(1)).cast("long")
+    is_purchase = present & (F.col("event_type") == "purchase")
+    is_return = present & (F.col("event_type") == "return")
+    bought, returned = F.when(is_purchase, units).otherwise(0), F.when(is_return, units).otherwise(0)
+
+    # withColumns: one projection, so Spark evaluates same-window functions in one pass.
+    df = df.withColumns({
+        "_units": units,
+        "_bought": F.sum(bought).over(running),  # units bought up to this row
+        "_returned": F.sum(returned).over(running),  # units returned up to this row
+        "_returned_all": F.sum(returned).over(whole),
+    })
+    slack = F.when(is_return, F.col("_bought") - F.col("_returned"))  # P_k − R_k at returns only
+    df = df.withColumns({
+        "_min_run": F.min(slack).over(running),
+        "_min_before": F.min(slack).over(before),
+        "_min_all": F.min(slack).over(whole),
+    })
+
+    def matched(returned_units: Column, minimum: Column) -> Column:
+        return returned_units + F.least(F.lit(0), F.coalesce(minimum, F.lit(0)))
+
+    matched_now = matched(F.col("_returned"), F.col("_min_run"))
+    matched_before = matched(F.col("_returned") - F.when(is_return, F.col("_units")).otherwise(0), F.col("_min_before"))
+    matched_total = matched(F.col("_returned_all"), F.col("_min_all"))
+    consumed = F.least(F.col("_units"), F.greatest(F.lit(0), matched_total - (F.col("_bought") - F.col("_units"))))
+    df = df.withColumn("_consumed", F.when(is_purchase, consumed).otherwise(0)).withColumn(
+        "_matched", F.when(is_return, matched_now - matched_before)
+    )
+    reduced = is_purchase & (F.col("_consumed") > 0) & (F.col("_consumed") < F.col("_units"))
+    df = df.withColumn(
+        "quantity",
+        F.when(reduced, (F.col("_units") - F.col("_consumed")).cast("int")).otherwise(F.col("quantity")),
+    )
+    df = _tag(df, _NET, [
+        (is_purchase & (F.col("_consumed") > 0) & (F.col("_consumed") >= F.col("_units")), "returned"),
+        (is_return & (F.col("_matched") >= F.col("_units")), "return_netted"),
+        (is_return, "unmatched_return"),
+    ])
+    return df.drop("_units", "_bought", "_returned", "_returned_all", "_min_run", "_min_before", "_min_all",
+                   "_consumed", "_matched")
+
+
+# --------------------------------------------------------------------------------------------
+# 7. k-core (iterative: one small aggregation per round)
+# --------------------------------------------------------------------------------------------
+
+def kcore_pairs(interactions: DataFrame, k: int) -> DataFrame:
+    """(user_id, item_id, n) pairs left once every user and item has at least ``k`` interactions.
+
+    Iterates to a fixed point; each round is checkpointed locally so the plan stays short.
+    """
+    pairs = interactions.groupBy("user_id", "item_id").agg(F.count(F.lit(1)).alias("n")).localCheckpoint(eager=True)
+    size = pairs.count()
+    while size > 0:
+        users = pairs.groupBy("user_id").agg(F.sum("n").alias("_u")).where(F.col("_u") >= k).select("user_id")
+        items = pairs.groupBy("item_id").agg(F.sum("n").alias("_i")).where(F.col("_i") >= k).select("item_id")
+        kept = pairs.join(users, "user_id", "left_semi").join(items, "item_id", "left_semi").localCheckpoint(eager=True)
+        kept_size = kept.count()
+        pairs = kept.select("user_id", "item_id", "n")
+        if kept_size == size:
+            break
+        size = kept_size
+    return pairs
+
+
+def mark_kcore(df: DataFrame, k: int, event_types: Sequence[str]) -> DataFrame:
+    """Label the present events of users and items outside the ``k``-core of interactions.
+
+    Interactions are the present events whose type is in ``event_types`` (counted with
+    multiplicity). Every present event (of any type) of a dropped user or item is labelled.
+    """
+    df = prepare_events(df)
+    if k <= 0:
+        return df
+    present = _present(_KCORE)
+    pairs = kcore_pairs(df.where(present & F.col("event_type").isin(*event_types)).select("user_id", "item_id"), k)
+    users = pairs.select("user_id").distinct().withColumn("_core_user", F.lit(True))
+    items = pairs.select("item_id").distinct().withColumn("_core_item", F.lit(True))
+    df = df.join(users, "user_id", "left").join(items, "item_id", "left")
+    outside = F.col("_core_user").isNull() | F.col("_core_item").isNull()
+    return _tag(df, _KCORE, [(outside, "kcore")]).drop("_core_user", "_core_item")
+
+
+# --------------------------------------------------------------------------------------------
+# 6. sessions
+# --------------------------------------------------------------------------------------------
+
+def sessionize(df: DataFrame, gap_minutes: int, *, output: str = "session_id") -> DataFrame:
+    """``output`` = ``"<user_id>-<n>"`` for kept events (null for removed ones).
+
+    A new session starts with a user's first kept event and after every gap of more than
+    ``gap_minutes`` minutes between consecutive kept events.
+
+    Example::
+
+        # gaps of 10 and 40 minutes with a 30 minute threshold → sessions u-1, u-1, u-2
+        sessionize(events, 30).select("ts", "session_id")
+    """
+    df = prepare_events(df)
+    df = df.withColumn("_previous_ts", _previous_kept_ts(df))
+    df = df.withColumn("_new_session", _new_session(gap_minutes))
+    return df.withColumn(output, _session_id(df)).drop("_previous_ts", "_new_session")
+
+
+def _previous_kept_ts(df: DataFrame) -> Column:
+    """The timestamp of the user's previous kept event (a window over the user's history)."""
+    before = _user_window(df).rowsBetween(Window.unboundedPreceding, -1)
+    return F.last(F.when(_alive(), F.col(_TS_US)), ignorenulls=True).over(before)
+
+
+def _new_session(gap_minutes: int) -> Column:
+    gap_us = F.lit(int(gap_minutes) * 60_000_000)
+    previous = F.col("_previous_ts")
+    return (_alive() & (previous.isNull() | ((F.col(_TS_US) - previous) > gap_us))).cast("int")
+
+
+def _session_id(df: DataFrame) -> Column:
+    """``"<user_id>-<n>"``: n = the running count of ``_new_session`` (null for removed events)."""
+    ordinal = F.sum("_new_session").over(_user_window(df).rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    return F.when(_alive(), F.concat(F.col("user_id"), F.lit("-"), ordinal.cast("string")))
+
+
+# --------------------------------------------------------------------------------------------
+# 8. sequences and the split
+# --------------------------------------------------------------------------------------------
+
+def time_cutoffs(df: DataFrame, cfg: CleanConfig) -> tuple[int, int] | None:
+    """``(valid_start_us, test_start_us)`` for ``time_fraction``: cuts of the kept sequence events'
+    time range. ``None`` when there is no such event. One small aggregation (an action)."""
+    df = prepare_events(df)
+    row = (
+        df.where(_alive() & F.col("event_type").isin(*cfg.sequence_event_types))
+        .agg(F.min(_TS_US).alias("lo"), F.max(_TS_US).alias("hi"))
+        .first()
+    )
+    if row is None or row.lo is None:
+        return None
+    span = row.hi - row.lo
+    test_start = row.hi - int(round(cfg.split.test_fraction * span))
+    valid_start = test_start - int(round(cfg.split.valid_fraction * span))
+    return valid_start, test_start
+
+
+def assign_split(df: DataFrame, cfg: CleanConfig, *, cutoffs: tuple[int, int] | None = None) -> DataFrame:
+    """Add ``split`` ('train' / 'valid' / 'test', null for events outside sequences) and ``_seq_pos``.
+
+    ``cutoffs`` (from :func:`time_cutoffs`) is required for ``time_fraction``.
+
+    Example::
+
+        # leave_one_out: a user with 5 view events → 3 train, the 4th valid, the 5th test
+        assign_split(events, CleanConfig()).select("ts", "split")
+    """
+    df = prepare_events(df)
+    return _split_labels(df.withColumns(_split_counts(df, cfg)), cfg, cutoffs)
+
+
+def _is_sequence_event(cfg: CleanConfig) -> Column:
+    return (_alive() & F.col("event_type").isin(*cfg.sequence_event_types)).cast("int")
+
+
+def _split_counts(df: DataFrame, cfg: CleanConfig) -> dict[str, Column]:
+    """``_n`` (the user's sequence events) and ``_k`` (the running count): one pass over the user."""
+    w = _user_window(df)
+    is_seq = _is_sequence_event(cfg)
+    return {
+        "_n": F.sum(is_seq).over(w.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)),
+        "_k": F.sum(is_seq).over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow)),
+    }
+
+
+def _split_labels(df: DataFrame, cfg: CleanConfig, cutoffs: tuple[int, int] | None) -> DataFrame:
+    """``split`` and ``_seq_pos`` from ``_n`` and ``_k`` (a projection, plus one pass for time_fraction)."""
+    split_cfg = cfg.split
+    length = F.least(F.col("_n"), F.lit(cfg.max_sequence_length))
+    from_end = F.col("_n") - F.col("_k") + 1  # 1 = the user's last sequence event
+    in_sequence = (_is_sequence_event(cfg) == 1) & (from_end <= F.lit(cfg.max_sequence_length))
+    df = df.withColumn(_POS, F.when(in_sequence, (F.col("_k") - (F.col("_n") - length)).cast("int")))
+    if split_cfg.strategy == "leave_one_out":
+        held_out = length >= F.lit(split_cfg.min_train_items + 2)
+        split = (
+            F.when(~in_sequence, F.lit(None).cast("string"))
+            .when(held_out & (from_end == 1), "test")
+            .when(held_out & (from_end == 2), "valid")
+            .otherwise("train")
+        )
+        return df.withColumn("split", split).drop("_n", "_k")
+    if cutoffs is None:
+        raise ValueError("clean.split.strategy is 'time_fraction': pass cutoffs=time_cutoffs(df, cfg)")
+    valid_start, test_start = cutoffs
+    raw_split = (
+        F.when(~in_sequence, F.lit(None).cast("string"))
+        .when(F.col(_TS_US) >= F.lit(test_start), "test")
+        .when(F.col(_TS_US) >= F.lit(valid_start), "valid")
+        .otherwise("train")
+    )
+    df = df.withColumn("split", raw_split)
+    train_events = F.sum((F.col("split") == "train").cast("int")).over(
+        _user_window(df).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    )
+    not_evaluated = F.col("split").isin("valid", "test") & (train_events < F.lit(split_cfg.min_train_items))
+    df = df.withColumn("split", F.when(not_evaluated, F.lit(None).cast("string")).otherwise(F.col("split")))
+    return df.withColumn(_POS, F.when(F.col("split").isNotNull(), F.col(_POS))).drop("_n", "_k")
+
+
+def build_sequences(df: DataFrame, *, session_column: str = "session_id") -> DataFrame:
+    """One row per user with a training part: the time-ordered arrays of their 'train' events."""
+    ordered = F.array_sort(
+        F.collect_list(F.struct(
+            F.col(_POS).alias("pos"), F.col("item_id"), F.col("ts"), F.col("event_type"),
+            F.col(session_column).alias("session_id"),
+        ))
+    )
+    grouped = df.where(F.col("split") == "train").groupBy("user_id").agg(ordered.alias("_events"))
+    return conform(grouped.select(
+        "user_id",
+        F.col("_events.item_id").alias("item_ids"),
+        F.col("_events.ts").alias("timestamps"),
+        F.col("_events.event_type").alias("event_types"),
+        F.col("_events.session_id").alias("session_ids"),
+        F.size("_events").alias("length"),
+    ), SEQUENCES)
+
+
+def build_targets(df: DataFrame) -> DataFrame:
+    """The held-out events: user_id, split ('valid'/'test'), item_id, ts, event_type."""
+    return conform(df.where(F.col("split").isin("valid", "test")), SEQUENCE_TARGETS)
+
+
+# --------------------------------------------------------------------------------------------
+# 4–5. items: canonical text and prices
+# --------------------------------------------------------------------------------------------
+
+def normalize_text(column: Column | str) -> Column:
+    """Collapse every run of whitespace to one space, trim, lower-case; empty → null."""
+    column = F.col(column) if isinstance(column, str) else column
+    text = F.lower(F.trim(F.regexp_replace(column, r"[\s\p{Z}]+", " ")))
+    return F.when(text != "", text)
+
+
+def valid_price(column: Column | str) -> Column:
+    """The price when it is a finite number > 0, else null."""
+    column = F.col(column) if isinstance(column, str) else column
+    return F.when((column > 0) & ~F.isnan(column) & (column < float("inf")), column)
+
+
+def canonical_items(items_raw: DataFrame, events: DataFrame) -> DataFrame:
+    """One row per item_id found in ``items_raw`` or ``events`` (the kept events).
+
+    Title, description and category: normalized (:func:`normalize_text`), then the most frequent
+    value among the item's ``items_raw`` rows, ties → the lexicographically smallest; attributes:
+    the most frequent JSON string likewise. Price: the median of the item's valid prices from
+    ``items_raw`` rows and events (each row one observation); else the median of its category's
+    item prices (``price_imputed`` = true); else null.
+
+    Example::
+
+        # spellings "  White  Mug ", "white mug", "WHITE\tMUG", "Red mug" → title "white mug"
+        canonical_items(items_raw, events).select("item_id", "title", "price", "price_imputed")
+    """
+    text = items_raw.groupBy("item_id").agg(
+        F.mode(normalize_text("title"), True).alias("title"),
+        F.mode(normalize_text("description"), True).alias("description"),
+        F.mode(normalize_text("category"), True).alias("category"),
+        F.mode(F.when(F.trim("attributes") != "", F.col("attributes")), True).alias("attributes"),
+    )
+    # One aggregation over every price observation (Spark's exact median keeps a value → count map
+    # per item, so repeated event prices stay cheap); it also yields every item seen anywhere.
+    observed = events.select("item_id", valid_price("price").alias("price")).unionByName(
+        items_raw.select("item_id", valid_price("price").alias("price"))
+    )
+    prices = observed.groupBy("item_id").agg(F.median("price").alias("price"))
+    per_item = prices.join(text, "item_id", "left")
+    category_price = F.when(
+        F.col("category").isNotNull(), F.median("price").over(Window.partitionBy("category"))
+    )
+    items = per_item.withColumn("_category_price", category_price).select(
+        "item_id", "title", "description", "category",
+        F.coalesce("price", "_category_price").alias("price"),
+        (F.col("price").isNull() & F.col("_category_price").isNotNull()).alias("price_imputed"),
+        "attributes",
+    )
+    return conform(items, ITEMS)
+
+
+# --------------------------------------------------------------------------------------------
+# Counts, schemas
+# --------------------------------------------------------------------------------------------
+
+def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
+    """Select ``schema``'s columns in order, cast to its types (absent ones as nulls)."""
+    return df.select(*[
+        (F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema
+    ])
+
+
+def removal_counts(df: DataFrame) -> dict[str, int]:
+    """``{"rows": all events, "kept": kept events, "removed.<reason>": n for every reason}``
+    from one aggregation (an action)."""
+    counts = {f"removed.{reason}": 0 for reason in REASONS}
+    total = kept = 0
+    for row in df.groupBy(REASON).agg(F.count(F.lit(1)).alias("n")).collect():
+        total += row.n
+        if row[REASON] is None:
+            kept += row.n
+        elif row[REASON] in REASONS:
+            counts[f"removed.{row[REASON]}"] = row.n
+        else:
+            raise RuntimeError(f"unknown removal reason {row[REASON]!r}; known: {list(REASONS)}")
+    return {"rows": total, "kept": kept, **counts}
+
+
+def annotate_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None = None) -> DataFrame:
+    """Steps 1–3, 6–7 on ``events_raw`` rows: every input row comes out once, with ``_reason``,
+    the computed session id in ``_session`` (null for removed rows), and ``_n``/``_k`` for
+    :func:`split_events`.
+
+    One shuffle (hash of user_id), two sorts within partitions and six window passes: the
+    functions above, fused where their windows share a specification. Bots, sessions and the
+    split's counts share passes because a bot user loses all its events: computing another user's
+    sessions before or after the bot rule gives the same result. ``clean.kcore`` > 0 runs the
+    steps one by one instead (a few small actions and one more sort).
+    """
+    df = df.repartition(partitions, "user_id") if partitions else df.repartition("user_id")
+    df = prepare_events(df)  # after the shuffle: the helper columns need not travel
+    df = mark_duplicates(df.sortWithinPartitions(*item_order(df)), cfg.near_duplicate_seconds)
+    if cfg.net_returns:
+        df = net_returns(df)
+    df = df.sortWithinPartitions(*time_order(df))
+    if cfg.kcore > 0:
+        df = mark_kcore(mark_bot_users(df, cfg.bots), cfg.kcore, cfg.sequence_event_types)
+        df = sessionize(df.sortWithinPartitions(*time_order(df)), cfg.session_gap_minutes, output=_SESSION)
+        return df.withColumns(_split_counts(df, cfg))
+    df = _with_bursts(df, cfg.bots)  # pass: (user, day)
+    df = df.withColumns({"_bot": _bot_user(df), "_previous_ts": _previous_kept_ts(df)})  # pass: user
+    df = _tag(df, _BOT, [(F.col("_bot"), "bot_user")]).withColumn("_new_session", _new_session(cfg.session_gap_minutes))
+    df = df.withColumns({_SESSION: _session_id(df), **_split_counts(df, cfg)})  # pass: user
+    return df.drop("_burst", "_bot", "_previous_ts", "_new_session")
+
+
+def split_events(df: DataFrame, cfg: CleanConfig, *, cutoffs: tuple[int, int] | None = None) -> DataFrame:
+    """``split`` and ``_seq_pos`` on :func:`annotate_events`' output (see :func:`assign_split`)."""
+    return _split_labels(df, cfg, cutoffs)
+
+
+def clean_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None = None) -> DataFrame:
+    """All event steps: :func:`annotate_events` then the split (``split``, ``_seq_pos``).
+
+    ``time_fraction`` runs one action for the time range; :func:`run_clean` persists before it.
+    """
+    df = annotate_events(df, cfg, partitions=partitions)
+    cutoffs = (time_cutoffs(df, cfg) or (0, 0)) if cfg.split.strategy == "time_fraction" else None
+    return split_events(df, cfg, cutoffs=cutoffs)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+def _per_user_counts(kept_events: DataFrame):
+    """users, sequences (users with a training part), valid and test targets: one aggregation."""
+    return kept_events.groupBy("user_id").agg(
+        F.max((F.col("split") == "train").cast("int")).alias("seq"),
+        F.sum((F.col("split") == "valid").cast("int")).alias("valid"),
+        F.sum((F.col("split") == "test").cast("int")).alias("test"),
+    ).agg(
+        F.count(F.lit(1)).alias("users"), F.coalesce(F.sum("seq"), F.lit(0)).alias("sequences"),
+        F.coalesce(F.sum("valid"), F.lit(0)).alias("valid"), F.coalesce(F.sum("test"), F.lit(0)).alias("test"),
+    ).first()
+
+
+@contextmanager
+def _session_conf(spark, settings: dict[str, str]):
+    """Planner settings for one write (they change plans, never results), restored afterwards."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+@contextmanager
+def _timed(what: str):
+    start = time.perf_counter()
+    yield
+    log.info("clean: %s in %.1fs", what, time.perf_counter() - start)
+
+
+def _committed(ctx: RunContext, txn: tuple[str, int]) -> bool:
+    from recaug_spark.delta import committed_txn_version
+
+    for name in OUTPUT_TABLES:
+        done = committed_txn_version(ctx.warehouse.uri(name), txn[0])
+        if done is None or done < txn[1]:
+            return False
+    return True
+
+
+def _recorded_counts(ctx: RunContext) -> dict[str, int]:
+    if not ctx.warehouse.exists("runs"):
+        return {}
+    rows = (ctx.warehouse.read("runs").where((F.col("run_id") == ctx.run_id) & (F.col("stage") == STAGE))
+            .select("counts").collect())
+    return json.loads(rows[0].counts) if rows else {}
+
+
+def run_clean(ctx: RunContext) -> StageResult:
+    """Read ``events_raw`` and ``items_raw``; write ``events`` (partitioned by ``dt``), ``items``,
+    ``sequences`` (training part only) and ``sequence_targets`` (schemas in ``recaug_spark.schemas``),
+    one Delta transaction per table carrying ``ctx.txn("clean")``: a second run with the same run
+    id computes nothing and returns ``skipped=True``.
+
+    ``counts``: ``removed.<reason>`` for every reason in :data:`REASONS`, ``users``, ``items``,
+    ``sequences``, ``targets.valid``, ``targets.test``. Raises when ``rows_in`` ≠ ``rows_out`` +
+    Σ ``removed.*`` or when the events table did not get exactly the kept rows.
+
+    Example::
+
+        ctx = RunContext.create(spark, load_config(overrides=["run.warehouse=/tmp/wh"]))
+        result = run_clean(ctx)
+        result.counts["removed.near_duplicate"], ctx.warehouse.read("sequences").count()
+    """
+    cfg = ctx.cfg.clean
+    warehouse = ctx.warehouse
+    txn = ctx.txn(STAGE)
+    raw = warehouse.read("events_raw")
+    if _committed(ctx, txn):  # a retry of a finished run: nothing to compute
+        return StageResult(
+            STAGE, rows_in=raw.count(), rows_out=warehouse.read("events").count(), counts=_recorded_counts(ctx),
+            tables={name: warehouse.version(name) for name in OUTPUT_TABLES}, skipped=True,
+        )
+    rows_in = raw.count()
+    if warehouse.exists("items_raw"):
+        items_raw = warehouse.read("items_raw")
+    else:
+        items_raw = ctx.spark.createDataFrame([], ITEMS_RAW)
+    partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+
+    tagged = annotate_events(raw, cfg, partitions=partitions)
+    cutoffs = None
+    if cfg.split.strategy == "time_fraction":  # the cut-offs need one pass: keep it for the split
+        tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
+        cutoffs = time_cutoffs(tagged, cfg) or (0, 0)
+    annotated = split_events(tagged, cfg, cutoffs=cutoffs)
+    annotated = annotated.select(*[c for c in annotated.columns if c in _KEPT_COLUMNS])
+    annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+    items = None
+    try:
+        with _timed("annotate events, removal counts"):
+            removal = removal_counts(annotated)  # materializes `annotated`
+        tagged.unpersist()
+        kept_events = annotated.where(_alive())
+        with _timed("per-user counts"):
+            per_user = _per_user_counts(kept_events)
+        removed = sum(v for k, v in removal.items() if k.startswith("removed."))
+        rows_out = removal["kept"]
+        if removal["rows"] != rows_in or rows_in != rows_out + removed:
+            raise RuntimeError(
+                f"clean lost track of events: events_raw has {rows_in:,} rows, the annotated frame "
+                f"{removal['rows']:,}, kept {rows_out:,} + removed {removed:,}"
+            )
+
+        # One task per day folder (AQE splits a heavy day): a write clustered by user would
+        # leave tasks × days small files, several times slower to write and to read.
+        events = conform(kept_events.withColumn("session_id", F.col(_SESSION)), EVENTS).hint("rebalance", "dt")
+        items = canonical_items(items_raw, kept_events).persist(StorageLevel.MEMORY_AND_DISK)
+        with _timed("items"):
+            item_count = items.count()
+        sequences = build_sequences(kept_events, session_column=_SESSION)
+        targets = build_targets(kept_events)
+
+        write = dict(mode="overwrite", txn=txn)
+        written = {}
+        for name, df, partition_by in (("events", events, ["dt"]), ("items", items, []),
+                                       ("sequences", sequences, []), ("sequence_targets", targets, [])):
+            # The annotated events are already clustered and sorted by user: a sort-based
+            # aggregation builds the sequences without the hash aggregate's re-sort.
+            hint = {"spark.sql.execution.replaceHashWithSortAgg": "true"} if name == "sequences" else {}
+            with _timed(f"write {name}"), _session_conf(ctx.spark, hint):
+                written[name] = warehouse.write(name, df, partition_by=partition_by, **write)
+    finally:
+        tagged.unpersist()
+        annotated.unpersist()
+        if items is not None:
+            items.unpersist()
+
+    events_written = written["events"]
+    if not events_written.skipped and events_written.rows >= 0 and events_written.rows != rows_out:
+        raise RuntimeError(f"events table got {events_written.rows:,} rows, expected {rows_out:,}")
+    counts = {k: v for k, v in removal.items() if k.startswith("removed.")}
+    counts |= {
+        "users": int(per_user.users), "items": int(item_count), "sequences": int(per_user.sequences),
+        "targets.valid": int(per_user.valid), "targets.test": int(per_user.test),
+    }
+    return StageResult(
+        STAGE, rows_in=rows_in, rows_out=rows_out, counts=counts,
+        tables={name: result.version for name, result in written.items()},
+        skipped=all(result.skipped for result in written.values()),
+    )

@@ -1,0 +1,342 @@
+"""Clean stage: each step on tiny hand-made events with known answers, then the stage end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import deltalake
+import pytest
+from pyspark.sql import functions as F
+
+from recaug_spark.config import BotConfig, CleanConfig, SplitConfig, load_config
+from recaug_spark.runs import RunContext
+from recaug_spark.schemas import EVENTS, EVENTS_RAW, ITEMS, ITEMS_RAW, SEQUENCE_TARGETS, SEQUENCES
+from recaug_spark.stages import clean as C
+
+T0 = dt.datetime(2024, 3, 1, 10, 0, 0)
+
+
+def ev(user, item, seconds, event_type="view", quantity=1, price=1.0, order_id=None, source_session=None):
+    ts = T0 + dt.timedelta(seconds=seconds)
+    return (user, item, event_type, ts, quantity, price, source_session, order_id, "gb", "web", "test", ts.date())
+
+
+def frame(spark, rows):
+    return spark.createDataFrame(rows, EVENTS_RAW)
+
+
+def by_key(df, *columns):
+    """{(user_id, item_id, seconds after T0, event_type): tuple(columns)} for easy assertions."""
+    out = {}
+    for row in df.collect():
+        key = (row.user_id, row.item_id, int((row.ts - T0).total_seconds()), row.event_type)
+        value = tuple(row[c] for c in columns)
+        out.setdefault(key, []).append(value if len(value) > 1 else value[0])
+    return out
+
+
+def schema_of(df):
+    return [(f.name, f.dataType) for f in df.schema]
+
+
+def expected(schema):
+    return [(f.name, f.dataType) for f in schema]
+
+
+# ---- 1. duplicates ----------------------------------------------------------------------------
+
+def test_exact_and_near_duplicates(spark):
+    rows = [
+        ev("u", "a", 0), ev("u", "a", 5), ev("u", "a", 30), ev("u", "a", 30),  # near dup at +5, exact at +30
+        ev("u", "a", 2, "cart"),  # another type: its own chain
+        ev("u", "b", 3),  # another item
+        ev("v", "a", 1), ev("v", "a", 9), ev("v", "a", 18),  # a chain: each within 10 s of the previous
+        ev("w", "a", 0, "purchase", quantity=1), ev("w", "a", 0, "purchase", quantity=2),  # not exact: near
+    ]
+    out = by_key(C.mark_duplicates(frame(spark, rows), 10), C.REASON)
+    assert out[("u", "a", 0, "view")] == [None]
+    assert out[("u", "a", 5, "view")] == ["near_duplicate"]
+    assert sorted(out[("u", "a", 30, "view")], key=str) == [None, "exact_duplicate"]
+    assert out[("u", "a", 2, "cart")] == [None] and out[("u", "b", 3, "view")] == [None]
+    assert [out[("v", "a", s, "view")] for s in (1, 9, 18)] == [[None], ["near_duplicate"], ["near_duplicate"]]
+    assert sorted(out[("w", "a", 0, "purchase")], key=str) == [None, "near_duplicate"]
+
+    disabled = by_key(C.mark_duplicates(frame(spark, rows), 0), C.REASON)
+    assert disabled[("u", "a", 5, "view")] == [None]
+    assert sorted(disabled[("u", "a", 30, "view")], key=str) == [None, "exact_duplicate"]
+
+
+# ---- 2. bots ----------------------------------------------------------------------------------
+
+def test_bot_users_by_minute_and_by_day_counted_after_dedup(spark):
+    bots = BotConfig(max_events_per_minute=3, max_events_per_day=5)
+    rows = (
+        [ev("burst", f"i{k}", 50 + 10 * k) for k in range(4)]  # 4 events within 30 s, across a minute edge
+        + [ev("steady", f"i{k}", 30 * k) for k in range(4)]  # never more than 2 in 60 s
+        + [ev("daily", f"i{k}", 3600 * k) for k in range(6)]  # 6 in one day
+        + [ev("two_days", f"i{k}", 3600 * k + 86_400 * (k % 2)) for k in range(10)]  # 5 per day
+        + [ev("dups", f"i{k}", k) for k in range(3)] + [ev("dups", "i0", 0)]  # 3 + an exact duplicate
+    )
+    df = C.mark_bot_users(C.mark_duplicates(frame(spark, rows), 10), bots)
+    reasons = {(r.user_id, r[C.REASON]) for r in df.select("user_id", C.REASON).distinct().collect()}
+    assert reasons == {
+        ("burst", "bot_user"), ("daily", "bot_user"), ("steady", None), ("two_days", None),
+        ("dups", None), ("dups", "exact_duplicate"),  # the duplicate keeps its first reason
+    }
+
+
+# ---- 3. returns -------------------------------------------------------------------------------
+
+def test_returns_net_against_earlier_purchases_oldest_first(spark):
+    rows = [
+        ev("u", "a", 0, "purchase", 6), ev("u", "a", 100, "return", 2),  # → purchase 4, return netted
+        ev("u", "b", 0, "purchase", 2), ev("u", "b", 100, "return", -2),  # credit-note sign: both go
+        ev("u", "c", 100, "return", 1),  # nothing bought: unmatched
+        ev("u", "d", 50, "return", 1), ev("u", "d", 100, "purchase", 3),  # return before the purchase
+        ev("u", "e", 0, "purchase", 2), ev("u", "e", 10, "purchase", 3), ev("u", "e", 20, "return", 4),  # FIFO
+        ev("u", "f", 0, "purchase", 2), ev("u", "f", 10, "return", 3),  # partly matched
+        ev("u", "g", 0, "purchase", 1), ev("u", "g", 0, "return", 1),  # same timestamp: purchase first
+        ev("v", "a", 100, "return", 1),  # another user's purchase does not count
+    ]
+    out = by_key(C.net_returns(frame(spark, rows)), "quantity", C.REASON)
+    assert out[("u", "a", 0, "purchase")] == [(4, None)]
+    assert out[("u", "a", 100, "return")] == [(2, "return_netted")]
+    assert out[("u", "b", 0, "purchase")] == [(2, "returned")]
+    assert out[("u", "b", 100, "return")] == [(-2, "return_netted")]
+    assert out[("u", "c", 100, "return")] == [(1, "unmatched_return")]
+    assert out[("u", "d", 50, "return")] == [(1, "unmatched_return")]
+    assert out[("u", "d", 100, "purchase")] == [(3, None)]
+    assert out[("u", "e", 0, "purchase")] == [(2, "returned")]  # the oldest goes first
+    assert out[("u", "e", 10, "purchase")] == [(1, None)]
+    assert out[("u", "e", 20, "return")] == [(4, "return_netted")]
+    assert out[("u", "f", 0, "purchase")] == [(2, "returned")]
+    assert out[("u", "f", 10, "return")] == [(3, "unmatched_return")]
+    assert out[("u", "g", 0, "purchase")] == [(1, "returned")] and out[("u", "g", 0, "return")] == [(1, "return_netted")]
+    assert out[("v", "a", 100, "return")] == [(1, "unmatched_return")]
+
+
+def test_returns_kept_untouched_when_netting_is_off(spark):
+    rows = [ev("u", "a", 0, "purchase", 6), ev("u", "a", 100, "return", 2), ev("u", "a", 200), ev("u", "b", 300)]
+    cfg = CleanConfig(net_returns=False)
+    out = by_key(C.clean_events(frame(spark, rows), cfg), "quantity", C.REASON, "split")
+    assert out[("u", "a", 0, "purchase")] == [(6, None, "train")]
+    assert out[("u", "a", 100, "return")] == [(2, None, None)]  # kept, but not part of the sequence
+
+
+# ---- 4–5. items -------------------------------------------------------------------------------
+
+def test_item_text_is_normalized_and_the_most_frequent_spelling_wins(spark):
+    catalog = spark.createDataFrame([
+        ("m", "  White  Mug ", "A  mug", "Kitchen", 3.0, '{"c": "w"}', "s"),
+        ("m", "white mug", None, " kitchen ", 3.0, '{"c": "w"}', "s"),
+        ("m", "WHITE\tMUG", "a mug", "KITCHEN", 3.0, None, "s"),
+        ("m", "Red mug", "a  red mug", "kitchen", 3.0, '{"c": "r"}', "s"),
+        ("t", "b title", "", None, 1.0, "", "s"),
+        ("t", "a title", None, None, 1.0, None, "s"),
+    ], ITEMS_RAW)
+    items = C.canonical_items(catalog, frame(spark, []))
+    assert schema_of(items) == expected(ITEMS)
+    rows = {r.item_id: r for r in items.collect()}
+    assert len(rows) == 2
+    assert (rows["m"].title, rows["m"].description, rows["m"].category) == ("white mug", "a mug", "kitchen")
+    assert rows["m"].attributes == '{"c": "w"}'
+    assert rows["t"].title == "a title"  # a tie: the lexicographically smallest
+    assert rows["t"].description is None and rows["t"].attributes is None  # empty text is no text
+
+
+def test_item_prices_median_then_category_median_then_null(spark):
+    catalog = spark.createDataFrame([
+        ("x", "x", None, "mugs", 10.0, None, "s"), ("x", "x", None, "mugs", 20.0, None, "s"),
+        ("x", "x", None, "mugs", None, None, "s"), ("x", "x", None, "mugs", 0.0, None, "s"),
+        ("x2", "x2", None, "mugs", 40.0, None, "s"),
+        ("y", "y", None, "mugs", None, None, "s"), ("y", "y", None, "mugs", -1.0, None, "s"),
+        ("y", "y", None, "mugs", float("nan"), None, "s"),
+        ("z", "z", None, None, None, None, "s"),
+        ("n", "n", None, "bowls", None, None, "s"),
+    ], ITEMS_RAW)
+    events = frame(spark, [ev("u", "x", 0, price=30.0), ev("u", "x", 1, price=None), ev("u", "w", 2, price=7.0)])
+    rows = {r.item_id: (r.price, r.price_imputed) for r in C.canonical_items(catalog, events).collect()}
+    assert rows["x"] == (20.0, False)  # median of 10, 20 (catalog) and 30 (event)
+    assert rows["x2"] == (40.0, False)
+    assert rows["y"] == (30.0, True)  # median of the category's item prices 20 and 40
+    assert rows["w"] == (7.0, False)  # only seen in events
+    assert rows["z"] == (None, False) and rows["n"] == (None, False)  # no price, no priced category
+
+
+# ---- 6. sessions ------------------------------------------------------------------------------
+
+def test_sessions_split_on_gaps_longer_than_the_threshold(spark):
+    rows = [ev("u", "a", 0), ev("u", "b", 600), ev("u", "c", 600 + 2400), ev("u", "d", 600 + 2400 + 1800),
+            ev("v", "a", 0)]
+    out = by_key(C.sessionize(frame(spark, rows), 30), "session_id")
+    assert [out[("u", i, s, "view")] for i, s in (("a", 0), ("b", 600), ("c", 3000), ("d", 4800))] == [
+        ["u-1"], ["u-1"], ["u-2"], ["u-2"]  # gaps 10, 40, exactly 30 minutes
+    ]
+    assert out[("v", "a", 0, "view")] == ["v-1"]
+
+
+def test_removed_events_neither_start_nor_bridge_sessions(spark):
+    rows = [ev("u", "a", 0), ev("u", "b", 1500), ev("u", "c", 3000)]  # 25 + 25 minutes
+    df = C.prepare_events(frame(spark, rows)).withColumn(
+        C.REASON, F.when(F.col("item_id") == "b", F.lit("bot_user"))
+    )
+    out = by_key(C.sessionize(df, 30), "session_id")
+    assert out[("u", "a", 0, "view")] == ["u-1"] and out[("u", "b", 1500, "view")] == [None]
+    assert out[("u", "c", 3000, "view")] == ["u-2"]  # the removed event does not bridge a 50 minute gap
+
+
+# ---- 7. k-core --------------------------------------------------------------------------------
+
+def test_kcore_iterates_until_every_user_and_item_has_k_interactions(spark):
+    rows = [
+        ev("u1", "a", 0), ev("u1", "b", 1), ev("u2", "a", 2), ev("u2", "b", 3),
+        ev("u3", "a", 4), ev("u3", "c", 5),  # c has 1 → goes; then u3 has 1 → goes
+        ev("u3", "c", 6, "return"),  # not an interaction, but u3 and c are gone
+        ev("u1", "b", 7, "cart"),
+    ]
+    out = by_key(C.mark_kcore(frame(spark, rows), 2, ("view", "cart", "purchase")), C.REASON)
+    kept = sorted(k for k, v in out.items() if v == [None])
+    assert [k[:2] for k in kept] == [("u1", "a"), ("u1", "b"), ("u1", "b"), ("u2", "a"), ("u2", "b")]
+    assert all(v == ["kcore"] for k, v in out.items() if k[0] == "u3")
+
+
+# ---- 8. split ---------------------------------------------------------------------------------
+
+def test_leave_one_out_split_sequences_and_targets(spark):
+    rows = (
+        [ev("five", f"i{k}", 60 * k) for k in range(5)]
+        + [ev("two", "i0", 0), ev("two", "i1", 60)]
+        + [ev("capped", f"i{k}", 60 * k) for k in range(7)]
+        + [ev("five", "i9", 30, "return")]  # returns are not sequence events
+        + [ev("tie", "b", 0), ev("tie", "a", 0), ev("tie", "c", 0, "cart")]  # equal ts: item, then type
+    )
+    cfg = CleanConfig(max_sequence_length=5, net_returns=False)
+    annotated = C.clean_events(frame(spark, rows), cfg).persist()
+    out = by_key(annotated, "split")
+    assert [out[("five", f"i{k}", 60 * k, "view")] for k in range(5)] == [["train"]] * 3 + [["valid"], ["test"]]
+    assert out[("five", "i9", 30, "return")] == [None]
+    assert out[("two", "i0", 0, "view")] == out[("two", "i1", 60, "view")] == ["train"]
+    capped = [out[("capped", f"i{k}", 60 * k, "view")][0] for k in range(7)]
+    assert capped == [None, None, "train", "train", "train", "valid", "test"]  # the last 5 only
+
+    kept = annotated.where(F.col(C.REASON).isNull()).withColumn("session_id", F.col(C._SESSION))
+    sequences = C.build_sequences(kept)
+    targets = C.build_targets(kept)
+    assert schema_of(sequences) == expected(SEQUENCES) and schema_of(targets) == expected(SEQUENCE_TARGETS)
+    seqs = {r.user_id: r for r in sequences.collect()}
+    assert seqs["five"].item_ids == ["i0", "i1", "i2"] and seqs["five"].length == 3
+    assert seqs["five"].session_ids == ["five-1"] * 3 and seqs["five"].event_types == ["view"] * 3
+    assert seqs["five"].timestamps == [T0 + dt.timedelta(seconds=60 * k) for k in range(3)]
+    assert seqs["two"].item_ids == ["i0", "i1"] and seqs["capped"].item_ids == ["i2", "i3", "i4"]
+    assert seqs["tie"].item_ids == ["a"]  # equal timestamps: ordered by item_id (then event type)
+    held_out = sorted((r.user_id, r.split, r.item_id) for r in targets.collect())
+    assert held_out == [
+        ("capped", "test", "i6"), ("capped", "valid", "i5"), ("five", "test", "i4"), ("five", "valid", "i3"),
+        ("tie", "test", "c"), ("tie", "valid", "b"),
+    ]
+    annotated.unpersist()
+
+
+def test_time_fraction_split_cuts_the_time_range(spark):
+    day = 86_400
+    rows = [ev("u", f"i{k}", day * k) for k in range(10)] + [ev("late", "i9", day * 9)]
+    cfg = CleanConfig(split=SplitConfig(strategy="time_fraction", valid_fraction=0.1, test_fraction=0.1))
+    df = C.annotate_events(frame(spark, rows), cfg)
+    cutoffs = C.time_cutoffs(df, cfg)
+    start = int(T0.replace(tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    span = 9 * day * 1_000_000
+    test_start = start + span - span // 10  # 8.1 days in, then 7.2 days in
+    assert cutoffs == (test_start - span // 10, test_start)
+    out = by_key(C.assign_split(df, cfg, cutoffs=cutoffs), "split")
+    assert [out[("u", f"i{k}", day * k, "view")][0] for k in range(10)] == ["train"] * 8 + ["valid", "test"]
+    assert out[("late", "i9", day * 9, "view")] == [None]  # no training history: not evaluated
+    with pytest.raises(ValueError, match="cutoffs"):
+        C.assign_split(df, cfg)
+
+
+# ---- reconciliation, plan shape, the stage ----------------------------------------------------
+
+MESSY = (
+    [ev("u1", f"i{k % 4}", 120 * k) for k in range(8)]
+    + [ev("u1", "i0", 0), ev("u1", "i1", 125)]  # exact and near duplicates
+    + [ev("u2", "i1", 0, "purchase", 3, order_id="o1"), ev("u2", "i1", 600, "return", 1, order_id="C1"),
+       ev("u2", "i2", 700, "purchase", 1, order_id="o2"), ev("u2", "i2", 800, "return", 1, order_id="C2"),
+       ev("u2", "i3", 900, "return", 5, order_id="C3"), ev("u2", "i0", 4000), ev("u2", "i2", 5000)]
+    + [ev("bot", f"b{k}", k // 2) for k in range(80)]  # 80 events in 40 s
+    + [ev("u3", "i0", 0), ev("u3", "i1", 60)]
+)
+
+
+def test_every_removed_event_has_exactly_one_reason(spark):
+    annotated = C.clean_events(frame(spark, MESSY), CleanConfig(kcore=2))
+    counts = C.removal_counts(annotated)
+    removed = {k: v for k, v in counts.items() if k.startswith("removed.")}
+    assert counts["rows"] == len(MESSY) == counts["kept"] + sum(removed.values())
+    assert removed == {
+        "removed.exact_duplicate": 1, "removed.near_duplicate": 1, "removed.bot_user": 80,
+        "removed.returned": 1, "removed.return_netted": 2, "removed.unmatched_return": 1, "removed.kcore": 0,
+    }
+
+
+def test_the_event_steps_shuffle_once_sort_twice_and_make_six_window_passes(spark):
+    plan = C.annotate_events(frame(spark, MESSY), CleanConfig(), partitions=4)
+    physical = plan._jdf.queryExecution().executedPlan().toString()
+    assert physical.count("Exchange ") == 1 and physical.count("Sort [") == 2
+    assert physical.count("Window [") == 6
+
+
+def test_fused_passes_match_the_step_by_step_functions(spark):
+    cfg = CleanConfig()
+    fused = C.clean_events(frame(spark, MESSY), cfg, partitions=2)
+    stepwise = C.mark_duplicates(frame(spark, MESSY), cfg.near_duplicate_seconds)
+    stepwise = C.sessionize(C.mark_bot_users(C.net_returns(stepwise), cfg.bots), cfg.session_gap_minutes, output=C._SESSION)
+    stepwise = C.assign_split(stepwise, cfg)
+    columns = ["user_id", "item_id", "event_type", "ts", "quantity", "order_id", C.REASON, C._SESSION, "split", C._POS]
+    assert sorted(fused.select(columns).collect(), key=repr) == sorted(stepwise.select(columns).collect(), key=repr)
+
+
+def write_bronze(ctx, spark):
+    ctx.warehouse.write("events_raw", frame(spark, MESSY), mode="overwrite", partition_by=["dt"])
+    catalog = spark.createDataFrame([
+        ("i0", " Blue  Cup", "d0", "Cups", 2.0, "{}", "s"), ("i0", "blue cup", None, "cups", 4.0, None, "s"),
+        ("i1", "Plate", None, "plates", None, None, "s"), ("i9", "Unsold", None, "cups", None, None, "s"),
+    ], ITEMS_RAW)
+    ctx.warehouse.write("items_raw", catalog, mode="overwrite")
+
+
+def test_run_clean_end_to_end_and_idempotent(spark, tmp_path):
+    ctx = RunContext.create(spark, load_config(overrides=[f"run.warehouse={tmp_path}"]), run_id="t1")
+    write_bronze(ctx, spark)
+    result = C.run_clean(ctx)
+    removed = sum(v for k, v in result.counts.items() if k.startswith("removed."))
+    assert result.stage == "clean" and not result.skipped
+    assert result.rows_in == len(MESSY) == result.rows_out + removed
+    assert result.counts["removed.bot_user"] == 80 and result.counts["removed.kcore"] == 0
+    assert result.counts["users"] == 3 and result.counts["sequences"] == 3
+    assert result.counts["targets.valid"] == result.counts["targets.test"] == 2  # u1, u2; u3 has 2 events
+    assert set(result.tables) == set(C.OUTPUT_TABLES)
+
+    tables = {name: deltalake.DeltaTable(ctx.warehouse.uri(name)) for name in C.OUTPUT_TABLES}
+    assert {name: t.version() for name, t in tables.items()} == result.tables
+    arrow = {name: t.to_pyarrow_table() for name, t in tables.items()}
+    assert arrow["events"].num_rows == result.rows_out
+    assert tables["events"].metadata().partition_columns == ["dt"]
+    for name, schema in (("events", EVENTS), ("items", ITEMS), ("sequences", SEQUENCES),
+                         ("sequence_targets", SEQUENCE_TARGETS)):
+        assert ctx.warehouse.read(name).columns == schema.fieldNames(), name
+    events = ctx.warehouse.read("events")
+    assert events.where("event_type = 'return'").count() == 0
+    assert {r.session_id for r in events.where("user_id = 'u2'").collect()} == {"u2-1", "u2-2"}
+    assert events.where("user_id = 'u2' AND item_id = 'i1' AND event_type = 'purchase'").first().quantity == 2
+    items = {r.item_id: r for r in ctx.warehouse.read("items").collect()}
+    assert set(items) == {"i0", "i1", "i2", "i3", "i9"} and result.counts["items"] == 5
+    assert items["i0"].title == "blue cup" and items["i0"].price == 1.0  # median of 2, 4 and four events at 1.0
+    assert items["i9"].price_imputed and items["i9"].price == 1.0
+    sequences = {r.user_id: r for r in ctx.warehouse.read("sequences").collect()}
+    assert sequences["u3"].item_ids == ["i0", "i1"] and sequences["u2"].length == 1
+    targets = ctx.warehouse.read("sequence_targets")
+    assert targets.join(ctx.warehouse.read("sequences"), "user_id").where("ts < array_max(timestamps)").count() == 0
+
+    again = C.run_clean(ctx)
+    assert again.skipped and again.tables == result.tables
+    assert (again.rows_in, again.rows_out) == (result.rows_in, result.rows_out)
+    assert {name: ctx.warehouse.version(name) for name in C.OUTPUT_TABLES} == result.tables
