@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+
 import deltalake
 import pytest
 from pyspark.sql import functions as F
 
 from recaug_spark.config import BotConfig, CleanConfig, SplitConfig, load_config
 from recaug_spark.runs import RunContext
-from recaug_spark.schemas import EVENTS, EVENTS_RAW, ITEMS, ITEMS_RAW, SEQUENCE_TARGETS, SEQUENCES
+from recaug_spark.schemas import (
+    EVENTS,
+    EVENTS_RAW,
+    ITEMS,
+    ITEMS_RAW,
+    SEQUENCE_TARGETS,
+    SEQUENCES,
+)
 from recaug_spark.stages import clean as C
 
 T0 = dt.datetime(2024, 3, 1, 10, 0, 0)
@@ -242,7 +250,7 @@ def test_time_fraction_split_cuts_the_time_range(spark):
     cfg = CleanConfig(split=SplitConfig(strategy="time_fraction", valid_fraction=0.1, test_fraction=0.1))
     df = C.annotate_events(frame(spark, rows), cfg)
     cutoffs = C.time_cutoffs(df, cfg)
-    start = int(T0.replace(tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    start = int(T0.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
     span = 9 * day * 1_000_000
     test_start = start + span - span // 10  # 8.1 days in, then 7.2 days in
     assert cutoffs == (test_start - span // 10, test_start)

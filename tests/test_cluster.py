@@ -7,9 +7,7 @@ cannot hold a second SparkContext.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from recaug_spark.cluster import (
     stop_cluster,
 )
 from recaug_spark.config import ClusterConfig, ConfigError, load_config
+from _process import run_in_own_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,19 +58,6 @@ def _cfg(work_dir: Path, **changes) -> ClusterConfig:
     settings = dict(work_dir=str(work_dir), master_port=master_port, master_webui_port=webui_port,
                     workers=1, cores_per_worker=2, memory_per_worker="2g", start_timeout_s=150, stop_timeout_s=20)
     return ClusterConfig(**(settings | changes))
-
-
-def run_in_own_group(command: list[str], *, timeout_s: float, **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run`` in a new process group, killed as a whole (driver JVM and Python) on timeout."""
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True, **kwargs) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"{command[:3]}... did not finish within {timeout_s:.0f}s\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def _pid_alive(pid: int) -> bool:

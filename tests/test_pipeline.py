@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import deltalake
-import pytest
 
 from recaug_spark.config import load_config
 from recaug_spark.pipeline import planned_stages, run_stages, summary
@@ -71,3 +70,29 @@ def test_summary_lists_tables_versions_and_reasons(default_run):
     text = summary(ctx, results)
     assert "sequences" in text and "quarantine." in text and "removed." in text
     assert f"v{ctx.warehouse.version('events')}" in text
+
+
+def test_augmented_rows_never_contain_a_held_out_target(default_run):
+    ctx, results = default_run
+    augmented = ctx.warehouse.read("augmented_sequences")
+    real = augmented.where("origin = 'real'")
+    assert real.count() == ctx.warehouse.read("sequences").count()
+    # The real rows are the training sequences exactly.
+    assert real.select("user_id", "item_ids", "timestamps").exceptAll(
+        ctx.warehouse.read("sequences").select("user_id", "item_ids", "timestamps")).count() == 0
+    elements = (
+        augmented.where("origin = 'augmented'")
+        .selectExpr("user_id", "inline(arrays_zip(item_ids, timestamps))")
+        .withColumnRenamed("item_ids", "item_id").withColumnRenamed("timestamps", "ts")
+    )
+    train = real.selectExpr("user_id", "inline(arrays_zip(item_ids, timestamps))") \
+        .withColumnRenamed("item_ids", "item_id").withColumnRenamed("timestamps", "ts")
+    targets = ctx.warehouse.read("sequence_targets").select("user_id", "item_id", "ts")
+    # No augmented element is a held-out (item, time) event of its user unless training had it too.
+    leaked = elements.join(targets, ["user_id", "item_id", "ts"]).join(train, ["user_id", "item_id", "ts"], "left_anti")
+    assert leaked.count() == 0
+    # And nothing augmented lies after the user's last training event.
+    last = real.selectExpr("user_id", "array_max(timestamps) AS last_ts")
+    assert elements.join(last, "user_id").where("ts > last_ts").count() == 0
+    augment = {r.stage: r for r in results}["augment"]
+    assert augment.rows_out > augment.rows_in > 0

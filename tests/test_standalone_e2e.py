@@ -8,7 +8,6 @@ the master whether the application ran there (not in local mode). Then it stops 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from deltalake import DeltaTable
 
 from recaug_spark.cluster import free_port, master_json, spark_home, start_cluster, stop_cluster
 from recaug_spark.config import ClusterConfig
+from _process import run_in_own_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB = REPO_ROOT / "jobs" / "pipeline.py"
@@ -66,19 +66,6 @@ def submit_command(master_url: str, py_files: Path, warehouse: Path) -> list[str
         "--set", "generate.events=5000",
         "--set", "generate.items=300",
     ]
-
-
-def run_in_own_group(command: list[str], *, timeout_s: float, **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run`` in a new process group, killed as a whole (driver JVM and Python) on timeout."""
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True, **kwargs) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"{command[:3]}... did not finish within {timeout_s:.0f}s\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def failure_report(command: list[str], job: subprocess.CompletedProcess) -> str:

@@ -163,15 +163,20 @@ class _CatalogParams(_RateParams):
     sampling: Literal["uniform", "popularity"] = "popularity"
 
 
-@register
-class Substitute(Augmenter):
-    """Replace ``floor(rate * L)`` random items by catalog items (uniform or by popularity)."""
+class _CatalogAugmenter(Augmenter):
+    """Operators that draw new items from the catalog: their state is the item vocabulary."""
 
-    name = "substitute"
     Params = _CatalogParams
 
     def fit(self, spark, sequences, items):
         return fit_vocabulary(sequences)
+
+
+@register
+class Substitute(_CatalogAugmenter):
+    """Replace ``floor(rate * L)`` random items by catalog items (uniform or by popularity)."""
+
+    name = "substitute"
 
     def plan(self, batch, draws, state: ItemVocabulary) -> Edit:
         counts = _counts(batch, self.params.rate, self.params.min_length, keep_one=False)
@@ -182,17 +187,13 @@ class Substitute(Augmenter):
 
 
 @register
-class Insert(Augmenter):
+class Insert(_CatalogAugmenter):
     """Insert ``max(1, floor(rate * L))`` catalog items at random positions.
 
     An inserted item takes the timestamp and event type of the item it is placed before.
     """
 
     name = "insert"
-    Params = _CatalogParams
-
-    def fit(self, spark, sequences, items):
-        return fit_vocabulary(sequences)
 
     def plan(self, batch, draws, state: ItemVocabulary) -> Edit:
         lengths = batch.lengths

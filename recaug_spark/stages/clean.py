@@ -70,9 +70,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from functools import reduce
-from typing import Sequence
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
@@ -81,7 +81,15 @@ from pyspark.sql import types as T
 
 from recaug_spark.config import BotConfig, CleanConfig
 from recaug_spark.runs import RunContext, StageResult
-from recaug_spark.schemas import EVENT_TYPES, EVENTS, EVENTS_RAW, ITEMS, ITEMS_RAW, SEQUENCE_TARGETS, SEQUENCES
+from recaug_spark.schemas import (
+    EVENT_TYPES,
+    EVENTS,
+    EVENTS_RAW,
+    ITEMS,
+    ITEMS_RAW,
+    SEQUENCE_TARGETS,
+    SEQUENCES,
+)
 
 STAGE = "clean"
 log = logging.getLogger(__name__)
@@ -416,8 +424,8 @@ def time_cutoffs(df: DataFrame, cfg: CleanConfig) -> tuple[int, int] | None:
     if row is None or row.lo is None:
         return None
     span = row.hi - row.lo
-    test_start = row.hi - int(round(cfg.split.test_fraction * span))
-    valid_start = test_start - int(round(cfg.split.valid_fraction * span))
+    test_start = row.hi - round(cfg.split.test_fraction * span)
+    valid_start = test_start - round(cfg.split.valid_fraction * span)
     return valid_start, test_start
 
 
@@ -755,7 +763,7 @@ def run_clean(ctx: RunContext) -> StageResult:
         sequences = build_sequences(kept_events, session_column=_SESSION)
         targets = build_targets(kept_events)
 
-        write = dict(mode="overwrite", txn=txn)
+        write = {"mode": "overwrite", "txn": txn}
         written = {}
         for name, df, partition_by in (("events", events, ["dt"]), ("items", items, []),
                                        ("sequences", sequences, []), ("sequence_targets", targets, [])):
