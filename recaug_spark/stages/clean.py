@@ -237,13 +237,18 @@ def mark_duplicates(df: DataFrame, near_duplicate_seconds: int) -> DataFrame:
 # --------------------------------------------------------------------------------------------
 
 def _with_bursts(df: DataFrame, bots: BotConfig) -> DataFrame:
-    """Add ``_burst`` (1 on an event that ends a too-busy minute or lies in a too-busy day)."""
-    present = _present(_BOT).cast("int")
-    day = Window.partitionBy("user_id", _DAY).orderBy(_TS_US)  # one spec: both counts in one pass
+    """Add ``_burst`` (1 on an event that ends a too-busy minute or lies in a too-busy day).
+
+    Rates count *actions*: events of one user at the same instant (the lines of one basket, an
+    invoice of 80 items) are one action, so a shop's wholesale customers are not taken for bots.
+    """
+    day = Window.partitionBy("user_id", _DAY).orderBy(_TS_US)  # one spec: all counts in one pass
+    new_instant = F.lag(_TS_US).over(day).isNull() | (F.lag(_TS_US).over(day) != F.col(_TS_US))
+    action = (_present(_BOT) & new_instant).cast("int")
     in_minute = day.rangeBetween(-59_999_999, 0)
     in_day = day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    burst = (F.sum(present).over(in_minute) > bots.max_events_per_minute) | (
-        F.sum(present).over(in_day) > bots.max_events_per_day
+    burst = (F.sum(action).over(in_minute) > bots.max_events_per_minute) | (
+        F.sum(action).over(in_day) > bots.max_events_per_day
     )
     return df.withColumn("_burst", (_present(_BOT) & burst).cast("int"))
 
@@ -552,12 +557,16 @@ def canonical_items(items_raw: DataFrame, events: DataFrame) -> DataFrame:
         F.mode(normalize_text("category"), True).alias("category"),
         F.mode(F.when(F.trim("attributes") != "", F.col("attributes")), True).alias("attributes"),
     )
-    # One aggregation over every price observation (Spark's exact median keeps a value → count map
-    # per item, so repeated event prices stay cheap); it also yields every item seen anywhere.
-    observed = events.select("item_id", valid_price("price").alias("price")).unionByName(
-        items_raw.select("item_id", valid_price("price").alias("price"))
+    # Every price observation, counted per (item, price) first: a fast hash aggregation shrinks the
+    # events to their distinct prices before the exact median (an object aggregation that falls
+    # back to sorting its input when a task sees many items). Yields every item seen anywhere.
+    observed = (
+        events.select("item_id", valid_price("price").alias("price"))
+        .groupBy("item_id", "price").agg(F.count(F.lit(1)).alias("n"))
+        .unionByName(items_raw.select("item_id", valid_price("price").alias("price"), F.lit(1).cast("long").alias("n")))
     )
-    prices = observed.groupBy("item_id").agg(F.median("price").alias("price"))
+    median = F.percentile(F.col("price"), F.lit(0.5), F.col("n"))  # = the median of the expanded list
+    prices = observed.groupBy("item_id").agg(median.alias("price"))
     per_item = prices.join(text, "item_id", "left")
     category_price = F.when(
         F.col("category").isNotNull(), F.median("price").over(Window.partitionBy("category"))
