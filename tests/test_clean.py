@@ -83,14 +83,15 @@ def test_bot_users_by_minute_and_by_day_counted_after_dedup(spark):
         + [ev("daily", f"i{k}", 3600 * k) for k in range(6)]  # 6 in one day
         + [ev("two_days", f"i{k}", 3600 * k + 86_400 * (k % 2)) for k in range(10)]  # 5 per day
         + [ev("dups", f"i{k}", k) for k in range(3)] + [ev("dups", "i0", 0)]  # 3 + an exact duplicate
-        + [ev("basket", f"i{k}", 500) for k in range(8)]  # one checkout of 8 lines: one action, no bot
+        + [ev("basket", f"i{k}", 500, "purchase", 1, 1.0, "o1") for k in range(8)]  # one order's 8 lines: one action
+        + [ev("views_at_once", f"i{k}", 500) for k in range(4)]  # 4 views in one second: 4 actions
     )
     df = C.mark_bot_users(C.mark_duplicates(frame(spark, rows), 10), bots)
     reasons = {(r.user_id, r[C.REASON]) for r in df.select("user_id", C.REASON).distinct().collect()}
     assert reasons == {
         ("burst", "bot_user"), ("daily", "bot_user"), ("steady", None), ("two_days", None),
         ("dups", None), ("dups", "exact_duplicate"),  # the duplicate keeps its first reason
-        ("basket", None),
+        ("basket", None), ("views_at_once", "bot_user"),
     }
 
 
@@ -271,7 +272,7 @@ MESSY = (
     + [ev("u2", "i1", 0, "purchase", 3, order_id="o1"), ev("u2", "i1", 600, "return", 1, order_id="C1"),
        ev("u2", "i2", 700, "purchase", 1, order_id="o2"), ev("u2", "i2", 800, "return", 1, order_id="C2"),
        ev("u2", "i3", 900, "return", 5, order_id="C3"), ev("u2", "i0", 4000), ev("u2", "i2", 5000)]
-    + [ev("bot", f"b{k}", k / 2) for k in range(80)]  # 80 actions in 40 s
+    + [ev("bot", f"b{k}", k // 2) for k in range(80)]  # 80 views (no order) in 40 s
     + [ev("u3", "i0", 0), ev("u3", "i1", 60)]
 )
 

@@ -239,12 +239,13 @@ def mark_duplicates(df: DataFrame, near_duplicate_seconds: int) -> DataFrame:
 def _with_bursts(df: DataFrame, bots: BotConfig) -> DataFrame:
     """Add ``_burst`` (1 on an event that ends a too-busy minute or lies in a too-busy day).
 
-    Rates count *actions*: events of one user at the same instant (the lines of one basket, an
-    invoice of 80 items) are one action, so a shop's wholesale customers are not taken for bots.
+    Rates count *actions*: the lines of one order at one instant (an invoice of 80 items) are one
+    action, so a shop's wholesale customers are not taken for bots; events without an order
+    (views) are one action each.
     """
     day = Window.partitionBy("user_id", _DAY).orderBy(_TS_US)  # one spec: all counts in one pass
-    new_instant = F.lag(_TS_US).over(day).isNull() | (F.lag(_TS_US).over(day) != F.col(_TS_US))
-    action = (_present(_BOT) & new_instant).cast("int")
+    same_order_line = (F.lag(_TS_US).over(day) == F.col(_TS_US)) & (F.lag("order_id").over(day) == F.col("order_id"))
+    action = (_present(_BOT) & ~F.coalesce(same_order_line, F.lit(False))).cast("int")
     in_minute = day.rangeBetween(-59_999_999, 0)
     in_day = day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     burst = (F.sum(action).over(in_minute) > bots.max_events_per_minute) | (
