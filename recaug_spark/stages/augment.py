@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 
 from recaug_spark import rng
 from recaug_spark.augment.base import Augmenter, Draws, build
-from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
+from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit, offsets_from_lengths, ranges
 from recaug_spark.config import AugmentConfig
 from recaug_spark.delta import rows_by_partition
 from recaug_spark.runs import RunContext, StageResult
@@ -101,8 +101,6 @@ def _extra_items(state) -> pa.Array:
 def _subset(batch: SequenceBatch, rows: np.ndarray) -> SequenceBatch:
     if len(rows) == len(batch):
         return batch
-    from recaug_spark.augment.batch import ranges, offsets_from_lengths
-
     lengths = batch.lengths[rows]
     positions = pa.array(ranges(batch.offsets[:-1][rows], lengths), pa.int64())
     return SequenceBatch(
