@@ -120,7 +120,21 @@ def _stage_command(stage: str):
 
 
 for _stage in STAGES:
-    _stage_command(_stage)
+    if _stage != "augment":
+        _stage_command(_stage)
+
+
+@main.command("augment")
+@config_options
+@click.option("--incremental", is_flag=True,
+              help="Re-augment only users whose training sequence changed since the last augment run "
+                   "(augment.incremental); every other row stays as it is.")
+def augment_command(configs, sets, incremental, **shorthands):
+    """Run only the augment stage: augmented_sequences and augmented_items from sequences and items."""
+    if incremental:
+        sets = (*sets, "augment.incremental=true")
+    cfg = resolve_config(configs, sets, **shorthands)
+    _execute(cfg, ["augment"])
 
 
 @main.command("config")

@@ -260,7 +260,10 @@ class BranchConfig(_Section):
     chain: str  # operator names joined by ">", e.g. "crop > mask"
     copies: int = Field(1, ge=1, le=100)  # augmented copies of each targeted real sequence
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # operator name -> its parameters
-    max_length: int | None = Field(None, ge=1)  # targeting: only sequences of length <= max_length
+    # Targeting (recaug_spark.augment.targeting), combined with AND; None = no restriction.
+    max_length: int | None = Field(None, ge=1)  # only sequences of at most this many training events
+    cold_start_days: int | None = Field(None, ge=1)  # only users first seen in the data's last N days
+    long_tail_share: float | None = Field(None, gt=0, le=1)  # only sequences with a least-popular-share item
 
     @property
     def operators(self) -> list[str]:
@@ -284,6 +287,10 @@ class AugmentConfig(_Section):
     enabled: bool = True
     partitions: int = Field(8, ge=1)  # sequences are hash-partitioned by user id into this many
     arrow_batch_rows: int = Field(2_048, ge=16)  # sequences per Arrow batch handed to augmenters
+    # Heavy users: augmenters see only the most recent N training events of a sequence (its real
+    # row is kept whole), so a user with 10^5 events costs no more than one with N.
+    max_input_events: int = Field(200, ge=1)
+    incremental: bool = False  # re-augment only users whose training sequence changed since the last run
     branches: tuple[BranchConfig, ...] = (
         BranchConfig(chain="crop", params={"crop": {"eta": 0.6}}),
         BranchConfig(chain="mask", params={"mask": {"gamma": 0.3}}),

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Sequence
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -221,31 +222,17 @@ def _replace_where(partitions: Mapping[str, Iterable]) -> str:
 
 
 def _write_with_deltalake(df, name, uri, mode, exists, partition_by, replace_partitions, txn) -> WriteResult:
-    from deltalake import CommitProperties, DeltaTable, Transaction
-    from deltalake.exceptions import CommitFailedError
+    from deltalake import DeltaTable
     from deltalake.transaction import create_table_with_add_actions
 
-    fs, root = pafs.FileSystem.from_uri(uri)
-    staging = f"{root}/_staging/{uuid.uuid4().hex}"
-    writer = df.write.mode("error")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
     arrow_schema = _arrow_schema(df.schema)
-    try:
-        writer.parquet(_spark_path(uri, staging))
-        actions = [_publish(fs, root, staging, relative, arrow_schema) for relative in _data_files(fs, staging)]
+    with _staged(df, uri, partition_by, arrow_schema) as actions:
         schema = _delta_schema(arrow_schema)
-        properties = None
-        if txn is not None:
-            properties = CommitProperties(
-                app_transactions=[Transaction(app_id=txn[0], version=txn[1])],
-                custom_metadata={"recaug.txn": f"{txn[0]}@{txn[1]}"},
-            )
-        try:
+        with _commit_errors(name):
             if not exists:
                 create_table_with_add_actions(
                     uri, schema, actions, mode="error", partition_by=list(partition_by) or None,
-                    commit_properties=properties,
+                    commit_properties=_commit_properties(txn),
                 )
             else:
                 table = DeltaTable(uri)
@@ -255,18 +242,134 @@ def _write_with_deltalake(df, name, uri, mode, exists, partition_by, replace_par
                     filters = [(col, "in", [str(v) for v in values]) for col, values in replace_partitions.items()]
                 table.create_write_transaction(
                     actions, mode, schema, partition_by=list(partition_by) or None,
-                    partition_filters=filters, commit_properties=properties,
+                    partition_filters=filters, commit_properties=_commit_properties(txn),
                 )
-        except CommitFailedError as error:
-            raise DeltaError(f"commit to {name} failed (another writer committed first?): {error}") from error
+    rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+    return WriteResult(name, uri, table_version(uri), files=len(actions), rows=rows, skipped=False)
+
+
+def replace_rows_by_key(
+    df: DataFrame,
+    name_or_uri: str,
+    *,
+    key: str,
+    keys: DataFrame,
+    warehouse: str | None = None,
+    txn: tuple[str, int] | None = None,
+    backend: Backend = "auto",
+) -> WriteResult:
+    """Replace every row whose ``key`` is in ``keys`` by the rows of ``df``, in one commit.
+
+    A copy-on-write merge by key (what ``MERGE ... WHEN MATCHED DELETE`` + insert does): only the
+    files holding at least one affected key are rewritten, without those keys' old rows; every
+    other file, and so every other row, stays exactly as it was. ``df`` must hold rows for the
+    affected keys only. Keys in ``keys`` without rows in ``df`` end up with no rows (deletion).
+    The native backend runs a Delta ``MERGE`` delete and an append (two commits).
+    """
+    ensure_driver("replace_rows_by_key")
+    uri = resolve_uri(name_or_uri, warehouse)
+    name = name_or_uri if not is_uri(name_or_uri) else uri
+    if not table_exists(uri):
+        raise TableNotFoundError(f"no Delta table '{name_or_uri}' at {uri}")
+    if txn is not None:
+        done = committed_txn_version(uri, txn[0])
+        if done is not None and done >= txn[1]:
+            return WriteResult(name, uri, table_version(uri), files=0, rows=0, skipped=True)
+    spark = df.sparkSession
+    keys = keys.select(key).distinct()
+    if backend == "auto":
+        backend = "native" if native_delta_available(spark) else "deltalake"
+    if backend == "native":
+        from delta.tables import DeltaTable as NativeDeltaTable
+
+        table = NativeDeltaTable.forPath(spark, uri)
+        table.alias("t").merge(keys.alias("s"), f"t.`{key}` = s.`{key}`").whenMatchedDelete().execute()
+        return _write_native(df, name, uri, "append", [], None, txn)
+
+    from deltalake import DeltaTable
+    from deltalake.transaction import RemoveAction
+    from pyspark.sql import functions as F
+
+    table = DeltaTable(uri)
+    partition_by = list(table.metadata().partition_columns)
+    base = uri if "://" in uri else f"file://{uri}"
+    current = read_table(spark, uri, version=table.version(), backend="deltalake")
+    _, root = pafs.FileSystem.from_uri(uri)
+    touched = sorted(
+        _local_path(row.file)[len(root.rstrip("/")) + 1:]
+        for row in current.select(key, F.input_file_name().alias("file"))
+        .join(F.broadcast(keys), key, "left_semi").select("file").distinct().collect()
+    )
+    kept = None
+    if touched:
+        files = [f"{base.rstrip('/')}/{relative}" for relative in touched]
+        kept = (spark.read.option("basePath", base).schema(current.schema).parquet(*files)
+                .join(F.broadcast(keys), key, "left_anti").select(*current.columns))
+    rows = df.select(*current.columns) if kept is None else kept.unionByName(df.select(*current.columns))
+    arrow_schema = _arrow_schema(current.schema)
+    actions_by_path = {unquote(a["path"]): a for a in pa.table(table.get_add_actions(flatten=False)).to_pylist()}
+    removed = []
+    for relative in touched:
+        action = actions_by_path[relative]
+        removed.append(RemoveAction(path=relative, data_change=True, deletion_timestamp=int(time.time() * 1000),
+                                    size=action["size_bytes"],
+                                    partition_values=action.get("partition_values")))
+    with _staged(rows, uri, partition_by, arrow_schema) as added:
+        with _commit_errors(name):
+            table.create_write_transaction(added + removed, "append", _delta_schema(arrow_schema),
+                                           partition_by=partition_by or None,
+                                           commit_properties=_commit_properties(txn))
+    written = sum(json.loads(a.stats)["numRecords"] for a in added)
+    return WriteResult(name, uri, table_version(uri), files=len(added), rows=written, skipped=False)
+
+
+def _local_path(uri: str) -> str:
+    """A file URI as Spark reports it (``file:/a%20b/c``) → the path on its filesystem (``/a b/c``)."""
+    return unquote(urlparse(uri).path) if uri.startswith("file:") else uri
+
+
+@contextmanager
+def _staged(df: DataFrame, uri: str, partition_by, arrow_schema: pa.Schema):
+    """Write ``df`` with Spark into a staging folder, move the files into place, yield add actions.
+
+    The staging folder is removed afterwards whatever happens; files already moved but never
+    committed are invisible to readers (Delta reads only committed files).
+    """
+    fs, root = pafs.FileSystem.from_uri(uri)
+    staging = f"{root}/_staging/{uuid.uuid4().hex}"
+    writer = df.write.mode("error")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    try:
+        writer.parquet(_spark_path(uri, staging))
+        yield [_publish(fs, root, staging, relative, arrow_schema) for relative in _data_files(fs, staging)]
     finally:
         fs.delete_dir_contents(staging, missing_dir_ok=True)
         try:
             fs.delete_dir(staging)
         except (FileNotFoundError, OSError):
             pass
-    rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
-    return WriteResult(name, uri, table_version(uri), files=len(actions), rows=rows, skipped=False)
+
+
+def _commit_properties(txn: tuple[str, int] | None):
+    from deltalake import CommitProperties, Transaction
+
+    if txn is None:
+        return None
+    return CommitProperties(
+        app_transactions=[Transaction(app_id=txn[0], version=txn[1])],
+        custom_metadata={"recaug.txn": f"{txn[0]}@{txn[1]}"},
+    )
+
+
+@contextmanager
+def _commit_errors(name: str):
+    from deltalake.exceptions import CommitFailedError
+
+    try:
+        yield
+    except CommitFailedError as error:
+        raise DeltaError(f"commit to {name} failed (another writer committed first?): {error}") from error
 
 
 def _spark_path(uri: str, path: str) -> str:
@@ -415,13 +518,29 @@ def read_table(
     table = DeltaTable(uri, version=version)
     arrow_schema = pa.schema(table.schema().to_arrow())
     spark_schema = from_arrow_schema(arrow_schema)
-    files = table.file_uris(file_pruning_predicate=filters)
-    if not files:
+    relative = _relative_paths(table, table.file_uris(file_pruning_predicate=filters))
+    if not relative:
         return spark.createDataFrame([], spark_schema)
     base = uri if "://" in uri else f"file://{uri}"
-    files = [f if "://" in f else f"file://{f}" for f in files]
+    files = [f"{base.rstrip('/')}/{path}" for path in relative]
     df = spark.read.option("basePath", base).schema(spark_schema).parquet(*files)
     return _apply_filters(df.select(*[f"`{name}`" for name in spark_schema.fieldNames()]), filters)
+
+
+def _relative_paths(table, file_uris: list[str]) -> list[str]:
+    """Data files relative to the table root, as on the filesystem (deltalake reports the root
+    percent-encoded, ``by%20key/``, and the rest decoded)."""
+    prefix = table.table_uri.rstrip("/") + "/"
+    local = prefix[len("file://"):] if prefix.startswith("file://") else prefix
+    out = []
+    for uri in file_uris:
+        for start in (prefix, local):
+            if uri.startswith(start):
+                out.append(uri[len(start):])
+                break
+        else:
+            raise DeltaError(f"data file {uri} is outside its table {table.table_uri}")
+    return out
 
 
 def _apply_filters(df: DataFrame, filters) -> DataFrame:

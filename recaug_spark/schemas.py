@@ -97,8 +97,14 @@ SEQUENCES = T.StructType([  # the training part only; held-out targets live in S
     T.StructField("timestamps", T.ArrayType(T.TimestampType()), False),
     T.StructField("event_types", T.ArrayType(T.StringType()), False),
     T.StructField("session_ids", T.ArrayType(T.StringType()), False),
+    T.StructField("countries", T.ArrayType(T.StringType()), True),  # context of each event (may be null)
+    T.StructField("devices", T.ArrayType(T.StringType()), True),
     T.StructField("length", T.IntegerType(), False),
 ])
+
+# Per-event context list columns of ``sequences``: carried along by every augmenter, and the
+# fields the context augmenters swap or drop. Name in ``sequences`` → name inside a batch.
+CONTEXT_COLUMNS = {"countries": "country", "devices": "device"}
 
 SEQUENCE_TARGETS = T.StructType([
     T.StructField("user_id", T.StringType(), False),

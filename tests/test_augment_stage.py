@@ -8,7 +8,7 @@ import json
 import pytest
 
 from recaug_spark.config import AugmentConfig, BranchConfig, load_config
-from recaug_spark.runs import RunContext
+from recaug_spark.runs import RunContext, record_stage
 from recaug_spark.schemas import SEQUENCES
 from recaug_spark.stages.augment import augment_sequences, run_augment
 
@@ -21,7 +21,9 @@ def sequence_rows(users: int = 40):
         n = 1 + (u * 7) % 13
         items = [f"i{(u * 3 + k * 5) % 50}" for k in range(n)]
         stamps = [T0 + dt.timedelta(minutes=u * 100 + k) for k in range(n)]
-        rows.append((f"u{u:03d}", items, stamps, ["view"] * n, [f"u{u:03d}-1"] * n, n))
+        countries = [["DE", "FR", None][(u + k) % 3] for k in range(n)]
+        devices = [f"d-{items[k]}" for k in range(n)]  # device follows the item: checks alignment
+        rows.append((f"u{u:03d}", items, stamps, ["view"] * n, [f"u{u:03d}-1"] * n, countries, devices, n))
     return rows
 
 
@@ -54,8 +56,9 @@ def test_output_is_identical_for_1_and_8_partitions(spark, sequences):
 def test_real_rows_equal_the_input_and_augmented_rows_carry_provenance(spark, sequences):
     out = augment_sequences(sequences, AugmentConfig(branches=BRANCHES), 7, "run-9", "cfg-1")
     real = out.where("origin = 'real'")
-    assert sorted((r.user_id, tuple(r.item_ids), tuple(r.timestamps)) for r in real.collect()) == sorted(
-        (u, tuple(i), tuple(t)) for u, i, t, *_ in sequence_rows())
+    assert sorted((r.user_id, tuple(r.item_ids), tuple(r.timestamps), tuple(r.countries), tuple(r.devices))
+                  for r in real.collect()) == sorted(
+        (u, tuple(i), tuple(t), tuple(c), tuple(d)) for u, i, t, _, _, c, d, _ in sequence_rows())
     augmented = out.where("origin = 'augmented'").collect()
     assert augmented
     for row in augmented:
@@ -63,12 +66,15 @@ def test_real_rows_equal_the_input_and_augmented_rows_carry_provenance(spark, se
         assert row.operator_chain in {"crop>mask", "insert", "prefixes"} and row.copy is not None
         assert json.loads(row.params)
         assert row.sequence_id.startswith(row.user_id + "~") and row.length == len(row.item_ids) > 0
+        if row.operator_chain == "crop>mask":  # context columns travel with their events
+            assert [d for i, d in zip(row.item_ids, row.devices) if i != "[mask]"] == [
+                f"d-{i}" for i in row.item_ids if i != "[mask]"]
     by_chain = {}
     for row in augmented:
         by_chain[row.operator_chain] = by_chain.get(row.operator_chain, 0) + 1
     assert by_chain["crop>mask"] == 2 * 40  # two copies of every user
     assert by_chain["insert"] == 40
-    short = [r for r in sequence_rows() if r[5] <= 6]
+    short = [r for r in sequence_rows() if r[-1] <= 6]
     assert by_chain["prefixes"] == sum(max(0, n - 2) for *_, n in short)  # targeting: short ones only
 
 
@@ -95,3 +101,80 @@ def test_run_augment_writes_a_table_partitioned_by_operator_chain(spark, tmp_pat
     assert only_mask.count() == result.counts["rows.mask"]
     assert all("operator_chain=mask" in f for f in only_mask.inputFiles())
     assert run_augment(ctx).skipped
+
+
+def test_targeting_selects_cold_start_users_and_sequences_with_long_tail_items(spark, sequences):
+    rows = sequence_rows()
+    branches = (
+        # users u000..u039 start at T0 + 100·u minutes: the last training event is u039's last one
+        BranchConfig(chain="reorder", cold_start_days=1),
+        BranchConfig(chain="crop", long_tail_share=0.2),
+    )
+    out = augment_sequences(sequences, AugmentConfig(branches=branches), 7, "r", "h").where("origin = 'augmented'")
+    by_chain = {}
+    for r in out.collect():
+        by_chain.setdefault(r.operator_chain, set()).add(r.user_id)
+    last = max(stamps[-1] for _, _, stamps, *_ in rows)
+    cold = {u for u, _, stamps, *_ in rows if stamps[0] >= last - dt.timedelta(days=1)}
+    assert 0 < len(cold) < len(rows) and by_chain["reorder"] == cold
+
+    counts = {}
+    for _, items, *_ in rows:
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+    ranked = sorted(counts, key=lambda i: (counts[i], i))
+    tail = set(ranked[: int(0.2 * len(ranked))])
+    expected = {u for u, items, *_ in rows if tail & set(items)}
+    assert 0 < len(expected) < len(rows) and by_chain["crop"] == expected
+
+
+def test_augmenters_see_only_the_most_recent_events_of_heavy_users(spark):
+    n = 500
+    heavy = ("heavy", [f"i{k}" for k in range(n)], [T0 + dt.timedelta(seconds=k) for k in range(n)],
+             ["view"] * n, ["heavy-1"] * n, ["DE"] * n, ["web"] * n, n)
+    df = spark.createDataFrame([heavy], SEQUENCES)
+    cfg = AugmentConfig(max_input_events=50, branches=(BranchConfig(chain="reorder", params={"reorder": {"beta": 1.0}}),))
+    rows = {r.origin: r for r in augment_sequences(df, cfg, 7, "r", "h").collect()}
+    assert rows["real"].item_ids == heavy[1]  # the real row is kept whole
+    augmented = rows["augmented"]
+    assert sorted(augmented.item_ids) == sorted(heavy[1][-50:]) and augmented.item_ids != heavy[1][-50:]
+    assert json.loads(augmented.params)["_input"] == {"max_input_events": 50}
+
+
+def test_incremental_run_replaces_exactly_the_changed_users_rows(spark, tmp_path):
+    rows = sequence_rows()
+    cfg = load_config(overrides=[f"run.warehouse={tmp_path}", "augment.incremental=true"])
+    first = RunContext.create(spark, cfg, run_id="first")
+    first.warehouse.write("sequences", spark.createDataFrame(rows, SEQUENCES))
+    first.warehouse.write("items", spark.createDataFrame([("i1",)], "item_id string"))
+    result = run_augment(first)
+    assert result.counts["incremental"] == 0  # nothing to compare with yet: every user
+    record_stage(first, result, dt.datetime.now(dt.timezone.utc))
+    before = {r.sequence_id: r for r in first.warehouse.read("augmented_sequences").collect()}
+
+    # Given new events for u001, a new user u900 and u002 gone
+    changed = [r for r in rows if r[0] not in ("u001", "u002")]
+    u1 = next(r for r in rows if r[0] == "u001")
+    n = u1[-1] + 1
+    changed.append(("u001", u1[1] + ["i7"], u1[2] + [T0 + dt.timedelta(days=30)], ["view"] * n, u1[4] + ["u001-2"],
+                    u1[5] + ["DE"], u1[6] + ["d-i7"], n))
+    changed.append(("u900", ["i1", "i2", "i3"], [T0, T0, T0], ["view"] * 3, ["u900-1"] * 3, ["FR"] * 3, ["app"] * 3, 3))
+    first.warehouse.write("sequences", spark.createDataFrame(changed, SEQUENCES), mode="overwrite")
+
+    # When the augment stage runs incrementally
+    second = RunContext.create(spark, cfg, run_id="second")
+    result = run_augment(second)
+    assert result.counts["incremental"] == 1 and result.counts["users_reaugmented"] == 3
+    after = {r.sequence_id: r for r in second.warehouse.read("augmented_sequences").collect()}
+
+    # Then the changed users' rows are those of a full run on the new data, and no other row changed
+    full = {r.sequence_id: r for r in augment_sequences(
+        spark.createDataFrame(changed, SEQUENCES), cfg.augment, cfg.run.seed, "second", cfg.hash).collect()}
+    touched = {"u001", "u002", "u900"}
+    assert {k for k, r in after.items() if r.user_id in touched} == {k for k, r in full.items() if r.user_id in touched}
+    for key, row in after.items():
+        if row.user_id in touched:
+            assert row == full[key]
+        else:
+            assert row == before[key] and row.run_id == "first"
+    assert not any(r.user_id == "u002" for r in after.values())

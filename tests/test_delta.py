@@ -199,3 +199,34 @@ def test_tables_by_uri_and_bad_arguments(spark, tmp_path):
 
 def _all_files(root):
     return [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
+
+
+def test_replace_rows_by_key_rewrites_only_the_files_holding_those_keys(spark, tmp_path):
+    from recaug_spark.delta import replace_rows_by_key
+
+    uri = str(tmp_path / "by key")
+    schema = "user_id string, chain string, n long"
+    old = [(f"u {i}", chain, i) for i in range(6) for chain in ("crop>mask", "real")]
+    for pair in range(3):  # one file per (chain, user pair): u 0/u 1 share files, u 2/u 3 too, u 4/u 5 too
+        df = spark.createDataFrame(old[4 * pair: 4 * pair + 4], schema).coalesce(1)
+        write_table(df, uri, partition_by=["chain"], mode="append")
+    before = {a["path"] for a in paths(uri)}
+    new_rows = spark.createDataFrame([("u 1", "crop>mask", 100), ("u 1", "real", 101), ("u 9", "real", 109)], schema)
+    keys = spark.createDataFrame([("u 1",), ("u 3",), ("u 9",)], "user_id string")  # u 3 is deleted
+    result = replace_rows_by_key(new_rows, uri, key="user_id", keys=keys, txn=("t", 1))
+    table = deltalake.DeltaTable(uri)
+    after = sorted((r["user_id"], r["chain"], r["n"]) for r in table.to_pyarrow_table().to_pylist())
+    expected = sorted([r for r in old if r[0] not in ("u 1", "u 3")]
+                      + [("u 1", "crop>mask", 100), ("u 1", "real", 101), ("u 9", "real", 109)])
+    assert after == expected
+    still_there = before & {a["path"] for a in paths(uri)}
+    assert len(still_there) == 2  # the files of u 4/u 5 (one per chain) were not touched
+    assert result.version == 3  # one commit
+    again = replace_rows_by_key(new_rows, uri, key="user_id", keys=keys, txn=("t", 1))
+    assert again.skipped and deltalake.DeltaTable(uri).version() == 3
+
+
+def paths(uri):
+    import pyarrow as pa
+
+    return pa.table(deltalake.DeltaTable(uri).get_add_actions(flatten=True)).to_pylist()

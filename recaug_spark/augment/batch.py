@@ -9,7 +9,7 @@ into ``[MASK, *vocabulary]``). The edit is then applied to every list column at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,9 @@ class SequenceBatch:
     timestamps: np.ndarray  # flat int64 microseconds since the epoch, UTC
     event_types: pa.Array  # flat event types (string)
     session_ids: pa.Array | None = None  # flat session ids (string), when the source has them
+    # Other per-event columns carried along by every edit, flat like ``items``: context fields
+    # ("country", "device"), sampled negatives ("negative_item_id"), ... (name -> values).
+    context: dict[str, pa.Array] = field(default_factory=dict)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -48,8 +51,9 @@ class SequenceBatch:
         return np.arange(self.offsets[-1], dtype=np.int64) - np.repeat(self.offsets[:-1], self.lengths)
 
     @classmethod
-    def from_lists(cls, keys, items, timestamps=None, event_types=None) -> "SequenceBatch":
-        """Build a batch from Python lists (tests and small examples)."""
+    def from_lists(cls, keys, items, timestamps=None, event_types=None, session_ids=None,
+                   **context) -> "SequenceBatch":
+        """Build a batch from Python lists (tests and small examples); ``context``: name -> lists."""
         lengths = np.array([len(s) for s in items], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         flat_items = [i for s in items for i in s]
@@ -63,6 +67,8 @@ class SequenceBatch:
             items=pa.array(flat_items, type=pa.string()),
             timestamps=np.array([t for s in timestamps for t in s], dtype=np.int64),
             event_types=pa.array([e for s in event_types for e in s], type=pa.string()),
+            session_ids=None if session_ids is None else pa.array([x for s in session_ids for x in s], pa.string()),
+            context={name: pa.array([x for s in lists for x in s], pa.string()) for name, lists in context.items()},
         )
 
     def to_lists(self) -> list[list[str]]:
@@ -71,6 +77,36 @@ class SequenceBatch:
 
     def timestamps_lists(self) -> list[list[int]]:
         return [self.timestamps[self.offsets[i]: self.offsets[i + 1]].tolist() for i in range(len(self))]
+
+    def take(self, rows: np.ndarray) -> "SequenceBatch":
+        """The sub-batch of sequences ``rows`` (indexes, in the given order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == len(self) and (rows == np.arange(len(self))).all():
+            return self
+        return self._slice(self.offsets[:-1][rows], self.lengths[rows], self.keys[rows])
+
+    def tail(self, max_events: int) -> "SequenceBatch":
+        """Each sequence cut to its most recent ``max_events`` elements (heavy users stay cheap)."""
+        lengths = self.lengths
+        if len(lengths) == 0 or lengths.max() <= max_events:
+            return self
+        kept = np.minimum(lengths, max_events)
+        return self._slice(self.offsets[1:] - kept, kept, self.keys)
+
+    def _slice(self, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> "SequenceBatch":
+        flat = ranges(starts, lengths)
+        positions = pa.array(flat, pa.int64())
+        return SequenceBatch(
+            keys=keys, offsets=offsets_from_lengths(lengths), items=self.items.take(positions),
+            timestamps=self.timestamps[flat], event_types=self.event_types.take(positions),
+            session_ids=None if self.session_ids is None else self.session_ids.take(positions),
+            context={name: values.take(positions) for name, values in self.context.items()},
+        )
+
+    def lists(self, values: pa.Array | np.ndarray) -> list[list]:
+        """Any flat column of this batch split into per-sequence Python lists (tests, debugging)."""
+        flat = values.to_pylist() if isinstance(values, (pa.Array, pa.ChunkedArray)) else list(values)
+        return [flat[self.offsets[i]: self.offsets[i + 1]] for i in range(len(self))]
 
 
 @dataclass(frozen=True)
@@ -82,6 +118,8 @@ class Edit:
     takes ``extra_items[k]``. ``timestamps``: optional new flat timestamps (inserted elements).
     ``parents``/``keys``: for operators that emit several sequences per parent (prefix expansion),
     the parent index and a fresh entity key of each output sequence; by default one per parent.
+    ``event_types`` / ``context``: optional new flat values of those columns for the output
+    (after ``positions`` is applied), for operators that rewrite them (context swap, negatives).
     """
 
     offsets: np.ndarray
@@ -90,6 +128,8 @@ class Edit:
     timestamps: np.ndarray | None = None
     parents: np.ndarray | None = None
     keys: np.ndarray | None = None
+    event_types: pa.Array | None = None
+    context: dict[str, pa.Array] | None = None
 
 
 def apply_edit(batch: SequenceBatch, edit: Edit, extra_items: pa.Array | None = None) -> SequenceBatch:
@@ -106,8 +146,9 @@ def apply_edit(batch: SequenceBatch, edit: Edit, extra_items: pa.Array | None = 
         offsets=edit.offsets.astype(np.int64),
         items=items,
         timestamps=np.asarray(timestamps, dtype=np.int64),
-        event_types=batch.event_types.take(positions),
+        event_types=edit.event_types if edit.event_types is not None else batch.event_types.take(positions),
         session_ids=None if batch.session_ids is None else batch.session_ids.take(positions),
+        context={**{name: values.take(positions) for name, values in batch.context.items()}, **(edit.context or {})},
     )
 
 

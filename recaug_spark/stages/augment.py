@@ -14,16 +14,21 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from recaug_spark import rng
 from recaug_spark.augment.base import Augmenter, Draws, build
-from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit, offsets_from_lengths, ranges
+from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
+from recaug_spark.augment.targeting import Targeting, fit_targeting
 from recaug_spark.config import AugmentConfig
-from recaug_spark.delta import rows_by_partition
+from recaug_spark.delta import replace_rows_by_key, rows_by_partition
 from recaug_spark.runs import RunContext, StageResult
+from recaug_spark.schemas import CONTEXT_COLUMNS
 
+OUTPUT_CONTEXT_COLUMNS = {**{name: column for column, name in CONTEXT_COLUMNS.items()},
+                          "negative_item_id": "negative_item_ids"}  # batch context name -> output column
 REAL_CHAIN = "real"  # operator_chain of the real rows: the augmented tables are real ∪ augmented
 
 AUGMENTED_SEQUENCES = T.StructType([
@@ -33,6 +38,9 @@ AUGMENTED_SEQUENCES = T.StructType([
     T.StructField("timestamps", T.ArrayType(T.TimestampType()), False),
     T.StructField("event_types", T.ArrayType(T.StringType()), False),
     T.StructField("session_ids", T.ArrayType(T.StringType()), True),
+    T.StructField("countries", T.ArrayType(T.StringType()), True),
+    T.StructField("devices", T.ArrayType(T.StringType()), True),
+    T.StructField("negative_item_ids", T.ArrayType(T.StringType()), True),  # sampled negative per position
     T.StructField("length", T.IntegerType(), False),
     T.StructField("origin", T.StringType(), False),  # real / augmented
     T.StructField("operator_chain", T.StringType(), False),  # "real", or e.g. "crop>mask"
@@ -53,34 +61,47 @@ class CompiledBranch:
     operators: tuple[Augmenter, ...]
     states: tuple[Any, ...]
     copies: int
-    max_length: int | None
+    target: Targeting
     params_json: str
 
 
 def compile_branches(cfg: AugmentConfig, sequences: DataFrame | None, items: DataFrame | None) -> list[CompiledBranch]:
-    """Build every branch's operators and fit their state once (on the driver, with Spark)."""
+    """Build every branch's operators and fit their state and target once (on the driver, with Spark)."""
     branches, fitted = [], {}
+    spark = sequences.sparkSession if sequences is not None else None
     for index, branch in enumerate(cfg.branches):
         operators = tuple(build(name, branch.params.get(name)) for name in branch.operators)
         states = []
         for op in operators:
             key = (type(op), json.dumps(op.describe(), sort_keys=True))
             if key not in fitted:
-                fitted[key] = op.fit(sequences.sparkSession if sequences is not None else None, sequences, items)
+                fitted[key] = op.fit(spark, sequences, items)
             states.append(fitted[key])
+        targeting = {"max_length": branch.max_length, "cold_start_days": branch.cold_start_days,
+                     "long_tail_share": branch.long_tail_share}
+        if branch.cold_start_days is None and branch.long_tail_share is None:
+            target = Targeting(max_length=branch.max_length)
+        else:
+            target = fit_targeting(sequences, **targeting)
         params = {op.name: op.params.model_dump(mode="json") for op in operators}
+        params["_input"] = {"max_input_events": cfg.max_input_events,
+                            **{k: v for k, v in targeting.items() if v is not None}}
         branches.append(CompiledBranch(index, ">".join(branch.operators), operators, tuple(states), branch.copies,
-                                       branch.max_length, json.dumps(params, sort_keys=True)))
+                                       target, json.dumps(params, sort_keys=True)))
     return branches
 
 
-def augment_batch(batch: SequenceBatch, branches: list[CompiledBranch], seed: int) -> Iterator[tuple[CompiledBranch, int, SequenceBatch, np.ndarray]]:
-    """Yield (branch, copy, augmented batch, parent index per output row) for one real batch."""
+def augment_batch(batch: SequenceBatch, branches: list[CompiledBranch], seed: int,
+                  max_input_events: int | None = None) -> Iterator[tuple[CompiledBranch, int, SequenceBatch, np.ndarray]]:
+    """Yield (branch, copy, augmented batch, parent index per output row) for one real batch.
+
+    Augmenters see each targeted sequence's most recent ``max_input_events`` events only.
+    """
     for branch in branches:
-        parents = np.arange(len(batch), dtype=np.int64)
-        if branch.max_length is not None:
-            parents = np.flatnonzero(batch.lengths <= branch.max_length)
-        base = _subset(batch, parents)
+        parents = np.arange(len(batch), dtype=np.int64) if branch.target.selects_all else branch.target.select(batch)
+        base = batch.take(parents)
+        if max_input_events is not None:
+            base = base.tail(max_input_events)
         for copy in range(branch.copies):
             current, lineage = base, parents
             for position, (op, state) in enumerate(zip(branch.operators, branch.states)):
@@ -98,32 +119,31 @@ def _extra_items(state) -> pa.Array:
     return mask if vocabulary is None else pa.concat_arrays([mask, vocabulary])
 
 
-def _subset(batch: SequenceBatch, rows: np.ndarray) -> SequenceBatch:
-    if len(rows) == len(batch):
-        return batch
-    lengths = batch.lengths[rows]
-    positions = pa.array(ranges(batch.offsets[:-1][rows], lengths), pa.int64())
-    return SequenceBatch(
-        keys=batch.keys[rows], offsets=offsets_from_lengths(lengths), items=batch.items.take(positions),
-        timestamps=batch.timestamps[positions.to_numpy()], event_types=batch.event_types.take(positions),
-        session_ids=None if batch.session_ids is None else batch.session_ids.take(positions),
-    )
-
-
 def batch_from_arrow(record_batch: pa.RecordBatch) -> tuple[SequenceBatch, pa.Array]:
     """A SequenceBatch (keys hashed from user ids) and the user id column of an Arrow batch."""
     user_ids = record_batch.column("user_id")
     items = record_batch.column("item_ids")
     offsets = items.offsets.to_numpy().astype(np.int64)
     offsets = offsets - offsets[0]
+    total = int(offsets[-1])
 
     def flat(name):
         return record_batch.column(name).flatten()
 
+    def aligned(name):  # a per-event list column that may be absent, null or of other lengths
+        if name not in record_batch.schema.names:
+            return None
+        column = record_batch.column(name)
+        if column.null_count or not pc.all(pc.equal(pc.list_value_length(column), pc.list_value_length(items))).as_py():
+            return pa.nulls(total, pa.string())
+        return column.flatten()
+
     ts = flat("timestamps").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    context = {name: aligned(column) for column, name in CONTEXT_COLUMNS.items()}
     return SequenceBatch(
         keys=rng.key_strings(user_ids.to_pylist()), offsets=offsets, items=items.flatten(), timestamps=ts,
-        event_types=flat("event_types"), session_ids=flat("session_ids"),
+        event_types=flat("event_types"), session_ids=aligned("session_ids"),
+        context={name: values for name, values in context.items() if values is not None},
     ), user_ids
 
 
@@ -141,17 +161,24 @@ def batch_to_arrow(batch: SequenceBatch, columns: dict[str, pa.Array | Any], sch
                              else pa.nulls(int(batch.offsets[-1]), pa.string())),
         "length": pa.array(batch.lengths.astype(np.int32)),
     }
+    for name, column in OUTPUT_CONTEXT_COLUMNS.items():
+        values = batch.context.get(name)
+        data[column] = _list(batch.offsets, values) if values is not None else pa.nulls(n, pa.list_(pa.string()))
     for name, value in columns.items():
         data[name] = value if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array([value] * n, schema.field(name).type)
     return pa.RecordBatch.from_arrays([data[f.name] for f in schema], schema=schema)
 
 
 def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_id: str, config_hash: str,
-                      items: DataFrame | None = None) -> DataFrame:
-    """Real sequences ∪ their augmented copies, as a DataFrame with provenance columns."""
+                      items: DataFrame | None = None, fit_on: DataFrame | None = None) -> DataFrame:
+    """Real sequences ∪ their augmented copies, as a DataFrame with provenance columns.
+
+    Fitted state (popularity, co-occurrence, targets) comes from ``fit_on`` (default: ``sequences``):
+    an incremental run augments a few users with the statistics of all of them.
+    """
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    branches = compile_branches(cfg, sequences, items)
+    branches = compile_branches(cfg, fit_on if fit_on is not None else sequences, items)
     schema = to_arrow_schema(AUGMENTED_SEQUENCES)
     schema = pa.schema([f.with_nullable(True) for f in schema])
 
@@ -164,7 +191,7 @@ def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_i
             yield batch_to_arrow(real, {**common, "sequence_id": user_ids, "user_id": user_ids, "origin": "real",
                                         "operator_chain": REAL_CHAIN, "branch": None, "copy": None, "params": None},
                                  schema)
-            for branch, copy, out, lineage in augment_batch(real, branches, seed):
+            for branch, copy, out, lineage in augment_batch(real, branches, seed, cfg.max_input_events):
                 if len(out) == 0:
                     continue
                 parent_ids = user_ids.take(pa.array(lineage, pa.int64()))
@@ -178,25 +205,91 @@ def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_i
 
     spark = sequences.sparkSession
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
-    columns = ["user_id", "item_ids", "timestamps", "event_types", "session_ids"]
+    columns = ["user_id", "item_ids", "timestamps", "event_types", "session_ids",
+               *[c for c in CONTEXT_COLUMNS if c in sequences.columns]]
     partitioned = sequences.select(*columns).repartition(cfg.partitions, "user_id")
     return partitioned.mapInArrow(augment_partition, AUGMENTED_SEQUENCES)
 
 
 def run_augment(ctx: RunContext) -> StageResult:
+    """Write ``augmented_sequences`` (real ∪ augmented): all users, or with ``augment.incremental``
+    only the users whose training sequence changed since the last augment run."""
     cfg = ctx.cfg.augment
     sequences = ctx.warehouse.read("sequences")
-    augmented = augment_sequences(sequences, cfg, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
-                                  items=ctx.warehouse.read("items"))
-    written = ctx.warehouse.write("augmented_sequences", augmented, mode="overwrite",
-                                  partition_by=["operator_chain"], txn=ctx.txn("augment"))
+    sequences_version = ctx.warehouse.version("sequences")
+    previous = _previous_augment(ctx) if cfg.incremental else None
+    if previous is not None:
+        written, changed = _augment_incrementally(ctx, sequences, previous)
+    else:
+        augmented = augment_sequences(sequences, cfg, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
+                                      items=ctx.warehouse.read("items"))
+        written = ctx.warehouse.write("augmented_sequences", augmented, mode="overwrite",
+                                      partition_by=["operator_chain"], txn=ctx.txn("augment"))
+        changed = None
+    tables = {"augmented_sequences": written.version, SEQUENCES_READ: sequences_version}
     if written.skipped:
-        return StageResult("augment", rows_in=0, rows_out=0, tables={"augmented_sequences": written.version},
-                           skipped=True)
+        return StageResult("augment", rows_in=0, rows_out=0, tables=tables, skipped=True)
     per_chain = rows_by_partition(written.uri, "operator_chain", written.version)
     counts_by_chain = {f"rows.{chain}": rows for chain, rows in sorted(per_chain.items())}
     real = counts_by_chain.get(f"rows.{REAL_CHAIN}", 0)
     total = sum(counts_by_chain.values())
     counts = {**counts_by_chain, "augmentation_factor_x1000": int(round(1000 * total / real)) if real else 0}
-    return StageResult("augment", rows_in=real, rows_out=total, counts=counts,
-                       tables={"augmented_sequences": written.version})
+    if cfg.incremental:
+        counts["incremental"] = int(changed is not None)  # 0: no comparable previous run, so all users
+        counts["users_reaugmented"] = changed if changed is not None else real
+    return StageResult("augment", rows_in=real, rows_out=total, counts=counts, tables=tables)
+
+
+SEQUENCES_READ = "read:sequences"  # in the runs table: the sequences version an augment run read
+
+
+def _augment_fingerprint(config: dict) -> str:
+    """What must not change for an incremental run to extend the previous one: seed and augment config."""
+    augment = {k: v for k, v in config["augment"].items() if k != "incremental"}
+    return json.dumps({"seed": config["run"]["seed"], "augment": augment}, sort_keys=True)
+
+
+def _previous_augment(ctx: RunContext) -> dict | None:
+    """The sequences version read by the last augment run, if that run is comparable to this one."""
+    from pyspark.sql import functions as F
+
+    if not (ctx.warehouse.exists("runs") and ctx.warehouse.exists("augmented_sequences")):
+        return None
+    last = (ctx.warehouse.read("runs").where(F.col("stage") == "augment")
+            .orderBy(F.col("started_at").desc()).limit(1).collect())
+    if not last:
+        return None
+    tables, config = json.loads(last[0].tables), json.loads(last[0].config)
+    if SEQUENCES_READ not in tables or _augment_fingerprint(config) != _augment_fingerprint(
+            json.loads(ctx.cfg.to_json())):
+        return None
+    return {"sequences_version": tables[SEQUENCES_READ], "run_id": last[0].run_id}
+
+
+def changed_users(before: DataFrame, after: DataFrame) -> DataFrame:
+    """Users whose training sequence differs between two versions of ``sequences`` (new, changed or gone)."""
+    from pyspark.sql import functions as F
+
+    content = [c for c in before.columns if c != "user_id" and c in after.columns]
+    old = before.select("user_id", F.struct(*content).alias("_old"))
+    new = after.select("user_id", F.struct(*content).alias("_new"))
+    return (old.join(new, "user_id", "full_outer")
+            .where(~F.col("_old").eqNullSafe(F.col("_new"))).select("user_id"))
+
+
+def _augment_incrementally(ctx: RunContext, sequences: DataFrame, previous: dict):
+    """Re-augment the changed users and replace exactly their rows (one copy-on-write commit)."""
+    from pyspark import StorageLevel
+
+    before = ctx.warehouse.read("sequences", version=previous["sequences_version"])
+    changed = changed_users(before, sequences).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        count = changed.count()
+        targets = sequences.join(changed, "user_id", "left_semi")
+        augmented = augment_sequences(targets, ctx.cfg.augment, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
+                                      items=ctx.warehouse.read("items"), fit_on=sequences)
+        written = replace_rows_by_key(augmented, ctx.warehouse.uri("augmented_sequences"), key="user_id",
+                                      keys=changed, txn=ctx.txn("augment"), backend=ctx.warehouse.backend)
+    finally:
+        changed.unpersist()
+    return written, count

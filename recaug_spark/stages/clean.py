@@ -502,7 +502,7 @@ def build_sequences(df: DataFrame, *, session_column: str = "session_id") -> Dat
     ordered = F.array_sort(
         F.collect_list(F.struct(
             F.col(_POS).alias("pos"), F.col("item_id"), F.col("ts"), F.col("event_type"),
-            F.col(session_column).alias("session_id"),
+            F.col(session_column).alias("session_id"), F.col("country"), F.col("device"),
         ))
     )
     grouped = df.where(F.col("split") == "train").groupBy("user_id").agg(ordered.alias("_events"))
@@ -512,6 +512,8 @@ def build_sequences(df: DataFrame, *, session_column: str = "session_id") -> Dat
         F.col("_events.ts").alias("timestamps"),
         F.col("_events.event_type").alias("event_types"),
         F.col("_events.session_id").alias("session_ids"),
+        F.col("_events.country").alias("countries"),
+        F.col("_events.device").alias("devices"),
         F.size("_events").alias("length"),
     ), SEQUENCES)
 
