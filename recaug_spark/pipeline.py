@@ -54,6 +54,8 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
         if by_reason:
             lines.append(f"{result.stage}: rows in {result.rows_in:,}, out {result.rows_out:,}, by reason:")
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]
+        if "augmentation_factor_x1000" in result.counts:
+            lines.append(f"  augmentation factor (all rows / real rows) {result.counts['augmentation_factor_x1000'] / 1000:.2f}")
     return "\n".join(lines)
 
 

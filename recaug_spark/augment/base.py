@@ -86,6 +86,7 @@ def build(name: str, params: dict | None = None) -> Augmenter:
     """An augmenter from its config name and parameters; unknown names or parameters fail here."""
     from recaug_spark.augment import sequence_ops  # noqa: F401  (registers the built-in operators)
     from recaug_spark.augment import context_ops, time_ops  # noqa: F401
+    from recaug_spark.augment import balance_ops  # noqa: F401
 
     if name not in REGISTRY:
         raise AugmenterError(f"unknown augmenter {name!r}; known: {sorted(REGISTRY)}")

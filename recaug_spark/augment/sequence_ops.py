@@ -74,14 +74,15 @@ def _counts(batch: SequenceBatch, rate: float, min_length: int, keep_one: bool =
 class Crop(Augmenter):
     """Keep a random contiguous sub-sequence of ``floor(eta * L)`` items (at least 1).
 
-    Helps the model rely on local patterns instead of whole histories (CL4SRec "item crop").
+    When it helps: long, noisy histories; teaches the model to rely on local patterns instead of
+    whole histories (CL4SRec "item crop"); the copies are also shorter, like real sparse users.
     """
 
     name = "crop"
 
     class Params(Params):
         eta: float = Field(0.6, gt=0, le=1, description="share of the sequence kept")
-        min_length: int = Field(2, ge=1)
+        min_length: int = Field(2, ge=1, description="shorter sequences are left unchanged")
 
     def plan(self, batch, draws, state=None) -> Edit:
         lengths = batch.lengths
@@ -96,14 +97,15 @@ class Mask(Augmenter):
     """Hide ``floor(gamma * L)`` random items: replace them by the mask token, or drop them.
 
     The token variant is CL4SRec's "item mask"; ``mode: dropout`` removes the items instead.
+    When it helps: over-fitting to specific items of a history; noisy or accidental clicks.
     """
 
     name = "mask"
 
     class Params(Params):
         gamma: float = Field(0.3, gt=0, le=1, description="share of items masked")
-        mode: Literal["token", "dropout"] = "token"
-        min_length: int = Field(2, ge=1)
+        mode: Literal["token", "dropout"] = Field("token", description="token: replace by [mask]; dropout: remove")
+        min_length: int = Field(2, ge=1, description="shorter sequences are left unchanged")
 
     def plan(self, batch, draws, state=None) -> Edit:
         counts = _counts(batch, self.params.gamma, self.params.min_length, keep_one=self.params.mode == "dropout")
@@ -123,14 +125,15 @@ def _drop(batch: SequenceBatch, chosen: np.ndarray) -> Edit:
 class Reorder(Augmenter):
     """Shuffle the items inside one random window of ``max(2, floor(beta * L))`` positions.
 
-    Users often buy related things in any order; this teaches the model not to over-fit order.
+    When it helps: users often buy related things in any order; this teaches the model not to
+    over-fit the exact order of nearby events.
     """
 
     name = "reorder"
 
     class Params(Params):
         beta: float = Field(0.2, gt=0, le=1, description="share of the sequence shuffled")
-        min_length: int = Field(2, ge=2)
+        min_length: int = Field(2, ge=2, description="shorter sequences are left unchanged")
 
     def plan(self, batch, draws, state=None) -> Edit:
         lengths = batch.lengths
@@ -149,7 +152,10 @@ class Reorder(Augmenter):
 
 @register
 class Delete(Augmenter):
-    """Remove ``floor(rate * L)`` random items (never the last one left)."""
+    """Remove ``floor(rate * L)`` random items (never the last one left).
+
+    When it helps: robustness to missing events (tracking gaps, ad blockers, lost sessions).
+    """
 
     name = "delete"
     Params = _RateParams
@@ -160,7 +166,8 @@ class Delete(Augmenter):
 
 
 class _CatalogParams(_RateParams):
-    sampling: Literal["uniform", "popularity"] = "popularity"
+    sampling: Literal["uniform", "popularity"] = Field(
+        "popularity", description="how catalog items are drawn: uniformly, or in proportion to interactions")
 
 
 class _CatalogAugmenter(Augmenter):
@@ -174,7 +181,11 @@ class _CatalogAugmenter(Augmenter):
 
 @register
 class Substitute(_CatalogAugmenter):
-    """Replace ``floor(rate * L)`` random items by catalog items (uniform or by popularity)."""
+    """Replace ``floor(rate * L)`` random items by catalog items (uniform or by popularity).
+
+    When it helps: robustness to noise; with popularity sampling it also exposes the model to
+    more of the catalog. Prefer ``correlated_substitute`` when plausibility matters.
+    """
 
     name = "substitute"
 
@@ -191,6 +202,8 @@ class Insert(_CatalogAugmenter):
     """Insert ``max(1, floor(rate * L))`` catalog items at random positions.
 
     An inserted item takes the timestamp and event type of the item it is placed before.
+    When it helps: sparse histories; random items add noise, so prefer ``correlated_insert`` or
+    ``time_insert`` where plausibility matters.
     """
 
     name = "insert"
@@ -221,13 +234,15 @@ class Prefixes(Augmenter):
 
     The classic "all-prefix" expansion of session-based models: a sequence of length L yields the
     prefixes of lengths ``min_length .. L-1`` (the full sequence is the real row already).
+    When it helps: models trained on whole sequences with one target (GRU4Rec-style, session
+    models); every intermediate target becomes a training example.
     """
 
     name = "prefixes"
 
     class Params(Params):
-        mode: Literal["prefixes", "windows"] = "prefixes"
-        min_length: int = Field(2, ge=1)
+        mode: Literal["prefixes", "windows"] = Field("prefixes", description="all prefixes, or sliding windows")
+        min_length: int = Field(2, ge=1, description="shortest prefix emitted")
         window: int = Field(20, ge=1, description="windows mode: window size")
         stride: int = Field(10, ge=1, description="windows mode: step between windows")
         max_per_sequence: int = Field(50, ge=1, description="cap on outputs per sequence (the longest kept)")
