@@ -1,0 +1,15 @@
+"""Training and evaluation of sequential recommenders on pinned Delta snapshots (issue 5).
+
+Importing this package imports neither torch nor Spark: ``config`` (pydantic) and ``metrics``
+(numpy; torch only inside the functions that take tensors) are light, ``data``, ``models`` and
+``trainer`` import torch inside their functions or are imported only by training code.
+
+Modules:
+
+* ``config``  — ``TrainConfig``, the ``train`` section (frozen, unknown keys rejected).
+* ``data``    — Delta log → pinned data files with row counts, balanced shards per rank, a
+  streaming Parquet reader, the item ``Vocabulary`` and ``SequenceTrainingData`` (SASRec tensors).
+* ``models``  — SASRec and GRU4Rec behind one interface (``forward``, ``score_all``).
+* ``metrics`` — ranks under full or sampled ranking, HR/NDCG/Recall@K, MRR, AUC, breakdowns, CIs.
+* ``trainer`` — ``train`` (one process), ``train_rank`` (a TorchDistributor rank), ``train_seeds``.
+"""

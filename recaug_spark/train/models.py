@@ -1,0 +1,180 @@
+"""Sequential recommenders behind one interface (imports torch: only training code imports this).
+
+Every model takes left-padded item indices ``input_ids`` [B, L] (0 = padding, 1..N items, N+1 the
+mask token) and offers:
+
+* ``forward(input_ids) -> [B, L, hidden]`` — a hidden state per position (the state at position t
+  predicts the item at t + 1);
+* ``item_embedding(ids) -> [..., hidden]`` — output embeddings of items (shared with the input);
+* ``score_all(input_ids) -> [B, N + 1]`` — logits of every item (column 0 = padding) after the
+  last position, for full ranking.
+
+``bce_loss`` is the training objective of SASRec as in S3-Rec/ICLRec: binary cross-entropy of the
+positive next item against one sampled negative per position, over positions with a target.
+
+Models:
+
+* ``SASRec`` (Kang & McAuley, ICDM 2018), as implemented in the S3-Rec/ICLRec baselines: learned
+  item and position embeddings, LayerNorm + dropout on the sum, ``blocks`` post-LN Transformer
+  blocks (multi-head causal self-attention with padding keys masked, then a point-wise GELU
+  feed-forward of width 4 × hidden), truncated-normal-free N(0, 0.02) initialisation.
+* ``GRU4Rec`` (Hidasi et al., ICLR 2016) in the sequential-recommendation form: item embedding →
+  dropout → GRU (``blocks`` layers) → linear → dot product with item embeddings. Left padding runs
+  through the GRU as zero vectors (the padding embedding is fixed at 0).
+
+``build_model(name, n_items, **params)`` looks models up by name; unknown names fail with the list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_ATTENTION_MASKED = -10_000.0  # additive mask as in the reference code (a fully masked row stays finite)
+
+
+class SequentialRecommender(nn.Module):
+    n_items: int
+
+    def item_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.item_embeddings(ids)
+
+    def score_all(self, input_ids: torch.Tensor) -> torch.Tensor:
+        last = self.forward(input_ids)[:, -1, :]
+        return last @ self.item_embeddings.weight[: self.n_items + 1].T
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.heads, self.head_size = heads, hidden // heads
+        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.attention_dropout = nn.Dropout(attention_dropout)
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, self.heads, self.head_size).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask
+        context = self.attention_dropout(torch.softmax(scores, dim=-1)) @ v
+        context = context.transpose(1, 2).reshape(x.shape)
+        return self.norm(self.dropout(self.dense(context)) + x)
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.dense_in, self.dense_out = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.dropout(self.dense_out(F.gelu(self.dense_in(x)))) + x)
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.attention = _SelfAttention(hidden, heads, dropout, attention_dropout)
+        self.feed_forward = _FeedForward(hidden, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.feed_forward(self.attention(x, mask))
+
+
+class SASRec(SequentialRecommender):
+    """Self-attentive sequential recommendation (see the module docstring)."""
+
+    def __init__(self, n_items: int, hidden: int = 64, blocks: int = 2, heads: int = 2, max_len: int = 50,
+                 dropout: float = 0.5, attention_dropout: float = 0.5):
+        super().__init__()
+        self.n_items, self.max_len = n_items, max_len
+        self.item_embeddings = nn.Embedding(n_items + 2, hidden, padding_idx=0)
+        self.position_embeddings = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(hidden, heads, dropout, attention_dropout) for _ in range(blocks))
+        self.apply(_init_weights)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        input_ids = input_ids[:, -self.max_len:]
+        length = input_ids.shape[1]
+        positions = torch.arange(length, device=input_ids.device)[None, :]
+        x = self.dropout(self.norm(self.item_embeddings(input_ids) + self.position_embeddings(positions)))
+        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+        allowed = causal[None, None, :, :] & (input_ids > 0)[:, None, None, :]
+        # A padding position attends to itself: in the reference code its fully masked row attends
+        # uniformly to every key, future ones included. Real positions always see themselves, so only
+        # padding outputs (never scored) change, and the model is strictly causal.
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=input_ids.device)[None, None]
+        mask = (~allowed).to(x.dtype) * _ATTENTION_MASKED
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+class GRU4Rec(SequentialRecommender):
+    """GRU over the item embeddings, scored by dot product with the item embeddings."""
+
+    def __init__(self, n_items: int, hidden: int = 64, blocks: int = 1, dropout: float = 0.5,
+                 max_len: int | None = None):
+        super().__init__()
+        self.n_items, self.max_len = n_items, max_len
+        self.item_embeddings = nn.Embedding(n_items + 2, hidden, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden, hidden, num_layers=blocks, batch_first=True, bias=True)
+        self.dense = nn.Linear(hidden, hidden)
+        self.apply(_init_weights)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.max_len:
+            input_ids = input_ids[:, -self.max_len:]
+        output, _ = self.gru(self.dropout(self.item_embeddings(input_ids)))
+        return self.dense(output)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        module.bias.data.zero_()
+        module.weight.data.fill_(1.0)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+
+
+MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+
+
+def build_model(name: str, n_items: int, **params) -> SequentialRecommender:
+    """A model by registered name: ``build_model("sasrec", n_items=1000, hidden=64)``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    if name == "gru4rec":
+        params = {k: v for k, v in params.items() if k in ("hidden", "blocks", "dropout", "max_len")}
+    return MODELS[name](n_items, **params)
+
+
+def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Mean over positions with a target of −log σ(h·e⁺) − log(1 − σ(h·e⁻)).
+
+    ``model`` may be wrapped (DistributedDataParallel): the forward pass goes through the wrapper,
+    the item embeddings through the wrapped module.
+    """
+    inner = getattr(model, "module", model)
+    hidden = model(input_ids)
+    positive_logits = (hidden * inner.item_embedding(positives)).sum(-1)
+    negative_logits = (hidden * inner.item_embedding(negatives)).sum(-1)
+    is_target = (positives > 0).to(hidden.dtype)
+    losses = -F.logsigmoid(positive_logits) - F.logsigmoid(-negative_logits)
+    return (losses * is_target).sum() / is_target.sum().clamp(min=1.0)
