@@ -137,6 +137,18 @@ def augment_command(configs, sets, incremental, **shorthands):
     _execute(cfg, ["augment"])
 
 
+@main.command("augmenters")
+@click.option("--markdown", is_flag=True, help="Print the Markdown reference (docs/augmenters.md).")
+def list_augmenters(markdown):
+    """List every augmenter usable in config: name, what it does, parameters and defaults."""
+    from recaug_spark.augment.catalog import reference_markdown
+
+    text = reference_markdown()
+    if not markdown:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("|---"))
+    click.echo(text)
+
+
 @main.command("config")
 @config_options
 def show_config(configs, sets, **shorthands):
