@@ -87,6 +87,7 @@ def build(name: str, params: dict | None = None) -> Augmenter:
     from recaug_spark.augment import sequence_ops  # noqa: F401  (registers the built-in operators)
     from recaug_spark.augment import context_ops, time_ops  # noqa: F401
     from recaug_spark.augment import balance_ops  # noqa: F401
+    from recaug_spark.augment import catalog_ops  # noqa: F401
 
     if name not in REGISTRY:
         raise AugmenterError(f"unknown augmenter {name!r}; known: {sorted(REGISTRY)}")
