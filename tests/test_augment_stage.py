@@ -9,7 +9,7 @@ import pytest
 
 from recaug_spark.config import AugmentConfig, BranchConfig, load_config
 from recaug_spark.runs import RunContext, record_stage
-from recaug_spark.schemas import SEQUENCES
+from recaug_spark.schemas import ITEMS, SEQUENCES
 from recaug_spark.stages.augment import augment_sequences, run_augment
 
 T0 = dt.datetime(2024, 1, 1)
@@ -30,6 +30,11 @@ def sequence_rows(users: int = 40):
 @pytest.fixture(scope="module")
 def sequences(spark):
     return spark.createDataFrame(sequence_rows(), SEQUENCES)
+
+
+def items_table(spark):
+    return spark.createDataFrame(
+        [(f"i{k}", f"blue shirt {k}", None, f"c{k % 3}", 10.0 + k, False, "{}") for k in range(50)], ITEMS)
 
 
 BRANCHES = (
@@ -93,9 +98,10 @@ def test_run_augment_writes_a_table_partitioned_by_operator_chain(spark, tmp_pat
     cfg = load_config(overrides=[f"run.warehouse={tmp_path}"])
     ctx = RunContext.create(spark, cfg, run_id="aug")
     ctx.warehouse.write("sequences", spark.createDataFrame(sequence_rows(), SEQUENCES))
-    ctx.warehouse.write("items", spark.createDataFrame([("i1",)], "item_id string"))
+    ctx.warehouse.write("items", items_table(spark))
     result = run_augment(ctx)
-    assert result.counts["rows.real"] == 40
+    assert result.counts["rows.real"] == 40 and result.counts["items.rows.real"] == 50
+    assert "augmented_items" in result.tables
     assert result.rows_out == sum(v for k, v in result.counts.items() if k.startswith("rows."))
     only_mask = ctx.warehouse.read("augmented_sequences", filters=[("operator_chain", "=", "mask")])
     assert only_mask.count() == result.counts["rows.mask"]
@@ -146,7 +152,7 @@ def test_incremental_run_replaces_exactly_the_changed_users_rows(spark, tmp_path
     cfg = load_config(overrides=[f"run.warehouse={tmp_path}", "augment.incremental=true"])
     first = RunContext.create(spark, cfg, run_id="first")
     first.warehouse.write("sequences", spark.createDataFrame(rows, SEQUENCES))
-    first.warehouse.write("items", spark.createDataFrame([("i1",)], "item_id string"))
+    first.warehouse.write("items", items_table(spark))
     result = run_augment(first)
     assert result.counts["incremental"] == 0  # nothing to compare with yet: every user
     record_stage(first, result, dt.datetime.now(dt.timezone.utc))

@@ -25,6 +25,7 @@ from recaug_spark.augment.targeting import Targeting, fit_targeting
 from recaug_spark.config import AugmentConfig
 from recaug_spark.delta import replace_rows_by_key, rows_by_partition
 from recaug_spark.runs import RunContext, StageResult
+from recaug_spark.stages.augment_items import write_augmented_items
 from recaug_spark.schemas import CONTEXT_COLUMNS
 
 OUTPUT_CONTEXT_COLUMNS = {**{name: column for column, name in CONTEXT_COLUMNS.items()},
@@ -227,6 +228,9 @@ def run_augment(ctx: RunContext) -> StageResult:
                                       partition_by=["operator_chain"], txn=ctx.txn("augment"))
         changed = None
     tables = {"augmented_sequences": written.version, SEQUENCES_READ: sequences_version}
+    items_version, items_per_chain = write_augmented_items(ctx)
+    if items_version is not None:
+        tables["augmented_items"] = items_version
     if written.skipped:
         return StageResult("augment", rows_in=0, rows_out=0, tables=tables, skipped=True)
     per_chain = rows_by_partition(written.uri, "operator_chain", written.version)
@@ -234,6 +238,7 @@ def run_augment(ctx: RunContext) -> StageResult:
     real = counts_by_chain.get(f"rows.{REAL_CHAIN}", 0)
     total = sum(counts_by_chain.values())
     counts = {**counts_by_chain, "augmentation_factor_x1000": int(round(1000 * total / real)) if real else 0}
+    counts |= {f"items.rows.{chain}": rows for chain, rows in items_per_chain.items()}
     if cfg.incremental:
         counts["incremental"] = int(changed is not None)  # 0: no comparable previous run, so all users
         counts["users_reaugmented"] = changed if changed is not None else real

