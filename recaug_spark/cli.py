@@ -145,8 +145,8 @@ def list_augmenters(markdown):
 
     text = reference_markdown()
     if not markdown:
-        text = "\n".join(line for line in text.splitlines() if not line.startswith("|---"))
-    click.echo(text)
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("|---")) + "\n"
+    click.echo(text, nl=False)
 
 
 @main.command("config")

@@ -267,7 +267,8 @@ class TimeShift(Augmenter):
 
     class Params(Params):
         max_weeks: int = Field(4, ge=1, description="largest shift, in weeks")
-        direction: Literal["both", "past", "future"] = "both"
+        direction: Literal["both", "past", "future"] = Field(
+            "both", description="shift earlier, later or either; past keeps every event before the held-out targets")
 
     def plan(self, batch, draws, state=None) -> Edit:
         w = self.params.max_weeks
@@ -300,7 +301,8 @@ class TimeJitter(Augmenter):
 
     class Params(Params):
         max_minutes: float = Field(10.0, gt=0, le=24 * 60, description="largest move of one timestamp")
-        distribution: Literal["uniform", "gaussian"] = "uniform"
+        distribution: Literal["uniform", "gaussian"] = Field(
+            "uniform", description="uniform in ±max_minutes, or Gaussian with σ = max_minutes / 2 (clipped)")
 
     def plan(self, batch, draws, state=None) -> Edit:
         t = batch.timestamps
