@@ -72,30 +72,45 @@ class Augmenter(ABC):
         return {"name": self.name, "params": self.params.model_dump(mode="json")}
 
 
-REGISTRY: dict[str, type[Augmenter]] = {}
+class Registry(dict):
+    """Config names → augmenter classes: an explicit registry, never pickled user code (STYLE.md 5)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, cls):
+        if cls.name in self:
+            raise ValueError(f"{self.kind} name {cls.name!r} registered twice")
+        self[cls.name] = cls
+        return cls
+
+    def build(self, name: str, params: dict | None = None):
+        """An instance from its config name and parameters; unknown names or parameters fail here."""
+        if name not in self:
+            raise AugmenterError(f"unknown {self.kind} {name!r}; known: {sorted(self)}")
+        cls = self[name]
+        try:
+            return cls(cls.Params.model_validate(params or {}))
+        except ValidationError as error:
+            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise AugmenterError(
+                f"bad parameters for {self.kind} {name!r}: {details}; allowed: {sorted(cls.Params.model_fields)}"
+            ) from None
 
 
-def register(cls: type[Augmenter]) -> type[Augmenter]:
-    if cls.name in REGISTRY:
-        raise ValueError(f"augmenter name {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+REGISTRY = Registry("augmenter")
+register = REGISTRY.register
 
 
 def build(name: str, params: dict | None = None) -> Augmenter:
     """An augmenter from its config name and parameters; unknown names or parameters fail here."""
-    from recaug_spark.augment import sequence_ops  # noqa: F401  (registers the built-in operators)
-    from recaug_spark.augment import context_ops, time_ops  # noqa: F401
-    from recaug_spark.augment import balance_ops  # noqa: F401
-    from recaug_spark.augment import catalog_ops  # noqa: F401
+    from recaug_spark.augment import (  # noqa: F401  (importing them registers the built-in operators)
+        balance_ops,
+        catalog_ops,
+        context_ops,
+        sequence_ops,
+        time_ops,
+    )
 
-    if name not in REGISTRY:
-        raise AugmenterError(f"unknown augmenter {name!r}; known: {sorted(REGISTRY)}")
-    cls = REGISTRY[name]
-    try:
-        return cls(cls.Params.model_validate(params or {}))
-    except ValidationError as error:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise AugmenterError(
-            f"bad parameters for augmenter {name!r}: {details}; allowed: {sorted(cls.Params.model_fields)}"
-        ) from None
+    return REGISTRY.build(name, params)

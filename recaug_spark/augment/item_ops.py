@@ -59,10 +59,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from recaug_spark import rng
-from recaug_spark.augment.base import AugmenterError, Params
+from recaug_spark.augment.base import AugmenterError, Params, Registry
 
 TEXT_FIELDS = ("title", "description")
 
@@ -447,28 +447,13 @@ class ItemAugmenter(ABC):
         return {"name": self.name, "params": self.params.model_dump(mode="json")}
 
 
-ITEM_REGISTRY: dict[str, type[ItemAugmenter]] = {}
-
-
-def register_item(cls: type[ItemAugmenter]) -> type[ItemAugmenter]:
-    if cls.name in ITEM_REGISTRY:
-        raise ValueError(f"item augmenter name {cls.name!r} registered twice")
-    ITEM_REGISTRY[cls.name] = cls
-    return cls
+ITEM_REGISTRY = Registry("item augmenter")
+register_item = ITEM_REGISTRY.register
 
 
 def build_item_augmenter(name: str, params: dict | None = None) -> ItemAugmenter:
     """An item augmenter from its config name and parameters; unknown names or parameters fail here."""
-    if name not in ITEM_REGISTRY:
-        raise AugmenterError(f"unknown item augmenter {name!r}; known: {sorted(ITEM_REGISTRY)}")
-    cls = ITEM_REGISTRY[name]
-    try:
-        return cls(cls.Params.model_validate(params or {}))
-    except ValidationError as error:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise AugmenterError(
-            f"bad parameters for item augmenter {name!r}: {details}; allowed: {sorted(cls.Params.model_fields)}"
-        ) from None
+    return ITEM_REGISTRY.build(name, params)
 
 
 def apply_chain(items: pd.DataFrame, operators: Sequence[ItemAugmenter], state: ItemState, *, seed: int,
