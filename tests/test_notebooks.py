@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["00_tables.ipynb"])
+@pytest.mark.parametrize("name", ["00_tables.ipynb", "01_explore_augmented.ipynb"])
 def test_notebook_executes_on_the_default_run(name, default_run, monkeypatch):
     ctx, _ = default_run
     monkeypatch.setenv("RECAUG_WAREHOUSE", ctx.warehouse.root)
