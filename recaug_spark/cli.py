@@ -1,4 +1,5 @@
-"""The ``recaug`` command: ``run`` (the main job), one command per stage, ``cluster``, ``config``.
+"""The ``recaug`` command: ``run`` (the main job), one command per stage, ``experiment``, ``report``,
+``cluster``, ``config``.
 
 The config is resolved and validated completely — including the pseudonymization key — before any
 Spark process starts, so a typo costs milliseconds, not a JVM start.
@@ -102,7 +103,7 @@ def main():
 @config_options
 @click.option("--until", type=click.Choice(list(STAGES)), help="Last stage to run (pipeline.until).")
 def run(configs, sets, until, **shorthands):
-    """The main job: generate (when no --input) → ingest → clean, with a summary at the end."""
+    """The main job: generate (when no --input) → ingest → clean → augment → train, with a summary at the end."""
     from recaug_spark.pipeline import planned_stages
 
     cfg = resolve_config(configs, sets, **shorthands)
@@ -135,6 +136,52 @@ def augment_command(configs, sets, incremental, **shorthands):
         sets = (*sets, "augment.incremental=true")
     cfg = resolve_config(configs, sets, **shorthands)
     _execute(cfg, ["augment"])
+
+
+@main.command("experiment")
+@click.argument("experiment_yaml", type=click.Path(exists=True, dir_okay=False))
+@config_options
+def experiment_command(experiment_yaml, configs, sets, **shorthands):
+    """Run the train stage as the experiment EXPERIMENT_YAML describes (e.g. conf/experiments/ablation.yaml).
+
+    The file is a config layer applied after the --config files (its train section names the
+    variants, seeds and budget); --set overrides still win. The experiment is named after the
+    file unless it sets train.experiment.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    layer = yaml.safe_load(Path(experiment_yaml).read_text()) or {}
+    named = isinstance(layer, dict) and isinstance(layer.get("train"), dict) and "experiment" in layer["train"]
+    name = [] if named else [f"train.experiment={Path(experiment_yaml).stem}"]
+    cfg = resolve_config((*configs, experiment_yaml), (*name, *sets), **shorthands)
+    _execute(cfg, ["train"])
+
+
+@main.command("report")
+@click.argument("table", default="augmented_sequences")
+@config_options
+@click.option("--version", "table_version", type=int, help="Table version (default: the latest).")
+@click.option("--catalog", default="items", show_default=True,
+              help="Table whose row count is the catalog size (coverage, Gini); '' = the items seen in TABLE.")
+def report_command(table, configs, sets, table_version, catalog, **shorthands):
+    """Print the data-quality report (fidelity, diversity, privacy) of an augmented TABLE (name or path)."""
+    from recaug_spark.delta import Warehouse
+    from recaug_spark.session import get_session
+    from recaug_spark.train.quality import quality_markdown, quality_report
+
+    cfg = resolve_config(configs, sets, **shorthands)
+    spark = get_session(cfg.spark)
+    try:
+        warehouse = Warehouse(spark, cfg.run.warehouse, cfg.delta.backend)
+        catalog_size = warehouse.read(catalog).count() if catalog and warehouse.exists(catalog) else None
+        version = warehouse.version(table) if table_version is None else table_version
+        quality = quality_report(warehouse.read(table, version=version), catalog_size=catalog_size,
+                                 head_share=cfg.train.head_item_share)
+        click.echo(quality_markdown(quality, f"Data quality of {table} (version {version})"))
+    finally:
+        spark.stop()
 
 
 @main.command("augmenters")

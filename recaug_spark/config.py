@@ -414,8 +414,8 @@ class VariantConfig(_Section):
     def _usable_name(cls, value: str) -> str:
         import re
 
-        if value == "baseline" or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
-            raise ValueError("must be letters, digits, '_', '.', '-' and not 'baseline' (the real-rows-only arm)")
+        if value == "baseline" or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", value):
+            raise ValueError("must be letters, digits, '_' or '-', and not 'baseline' (the real-rows-only arm)")
         return value
 
     @field_validator("chains")
@@ -447,9 +447,9 @@ class TrainStageConfig(TrainConfig):
     dropout: float = Field(0.2, ge=0, lt=1)
     attention_dropout: float = Field(0.2, ge=0, lt=1)
     lr: float = Field(3e-3, gt=0)
-    epochs: int = Field(8, ge=1)
-    patience: int = Field(3, ge=1)
-    num_threads: int | None = Field(2, ge=1)
+    epochs: int = Field(15, ge=1)  # × steps_per_epoch: the step budget of every variant
+    patience: int = Field(5, ge=1)
+    num_threads: int | None = Field(1, ge=1)  # 1: robust when the cores are shared (oversubscribed threads stall)
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     num_processes: int = Field(1, ge=1)  # > 1: TorchDistributor ranks on the caller's Spark session
     quality: bool = True  # data-quality report (fidelity, diversity, privacy) of the pinned table

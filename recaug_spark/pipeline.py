@@ -28,6 +28,8 @@ def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
     skipped = {"generate"} if cfg.ingest.format != "generated" else set()
     if not cfg.augment.enabled:
         skipped.add("augment")
+    if not (cfg.train.enabled and cfg.augment.enabled):  # train compares with augmented_sequences; `recaug train` still can
+        skipped.add("train")
     return [s for s in STAGES[: last + 1] if s not in skipped]
 
 
@@ -48,7 +50,8 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
     for result in results:
         versions |= result.tables
     lines.append("tables (Delta version):")
-    lines += [f"  {name:<18} v{version}   {ctx.warehouse.uri(name)}" for name, version in sorted(versions.items())]
+    lines += [f"  {name:<18} v{version}   {ctx.warehouse.uri(name)}" for name, version in sorted(versions.items())
+              if ":" not in name]  # "read:<table>" entries: versions a stage read, kept in the runs table
     for result in results:
         by_reason = {k: v for k, v in result.counts.items() if k.startswith(("quarantine.", "removed.", "rows.", "items.rows."))}
         if by_reason:
@@ -56,7 +59,34 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]
         if "augmentation_factor_x1000" in result.counts:
             lines.append(f"  augmentation factor (all rows / real rows) {result.counts['augmentation_factor_x1000'] / 1000:.2f}")
+        if result.stage == "train" and not result.skipped:
+            lines += _train_summary(ctx, result)
     return "\n".join(lines)
+
+
+def _train_summary(ctx: RunContext, result: StageResult) -> list[str]:
+    """With vs without augmentation, from the train stage's counts (means and CI half widths × 10,000)."""
+    from recaug_spark.stages.train import count_key, report_dir
+
+    counts = result.counts
+    variants = [k.removeprefix("metric.").removesuffix(".ndcg10_x10000") for k in counts
+                if k.startswith("metric.") and k.endswith(".ndcg10_x10000")]
+    pinned = result.tables.get("read:augmented_sequences")
+    lines = [f"train: augmented_sequences v{pinned} pinned; test NDCG@10 / HR@10, mean ± 95% CI over "
+             f"{counts.get('seeds', 0)} seed(s), same step budget for every variant "
+             f"({counts.get('steps_per_epoch', 0)} steps per epoch):"]
+    base = counts.get(count_key("baseline", "ndcg@10"))
+    for variant in variants:
+        cells = []
+        for metric in ("ndcg@10", "hr@10"):
+            mean = counts.get(count_key(variant, metric), 0) / 10_000
+            ci = counts.get(count_key(variant, metric, "_ci"))
+            cells.append(f"{mean:.4f} ± {ci / 10_000:.4f}" if ci is not None else f"{mean:.4f}")
+        mean = counts.get(count_key(variant, "ndcg@10"), 0)
+        change = "" if variant == "baseline" or not base else f"   NDCG@10 {(mean - base) / base:+.1%} vs baseline"
+        lines.append(f"  {variant:<20} {cells[0]}   {cells[1]}   steps {counts.get(f'steps.{variant}', 0):,}{change}")
+    lines.append(f"  report: {report_dir(ctx) / 'report.md'}")
+    return lines
 
 
 def results_json(results: list[StageResult]) -> str:

@@ -32,13 +32,14 @@ def spark():
 
 @pytest.fixture(scope="session")
 def default_run(spark, tmp_path_factory):
-    """One run of generate → ingest → clean on 5,000 generated events, shared by several tests."""
+    """One run of generate → ingest → clean → augment on 5,000 generated events, shared by several tests
+    (the train stage runs in tests/test_experiment.py with a tiny config)."""
     from recaug_spark.pipeline import planned_stages, run_stages
     from recaug_spark.runs import RunContext
 
     warehouse = tmp_path_factory.mktemp("pipeline") / "wh"
     cfg = load_config(overrides=[f"run.warehouse={warehouse}", "generate.events=5000", "generate.items=300",
-                                 "generate.partitions=3"])
+                                 "generate.partitions=3", "pipeline.until=augment"])
     ctx = RunContext.create(spark, cfg, run_id="e2e")
     results = run_stages(ctx, planned_stages(cfg), echo=lambda line: None)
     return ctx, results

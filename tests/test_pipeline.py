@@ -13,7 +13,8 @@ SILVER = ("events", "items", "sequences", "sequence_targets")
 
 
 def test_planned_stages_follow_the_input_and_until():
-    assert planned_stages(load_config()) == ["generate", "ingest", "clean", "augment"]
+    assert planned_stages(load_config()) == ["generate", "ingest", "clean", "augment", "train"]
+    assert planned_stages(load_config(overrides=["train.enabled=false"])) == ["generate", "ingest", "clean", "augment"]
     assert planned_stages(load_config(), until="ingest") == ["generate", "ingest"]
     assert planned_stages(load_config(overrides=["augment.enabled=false"])) == ["generate", "ingest", "clean"]
     external = load_config(overrides=["ingest.format=csv", "ingest.events=x.csv"])

@@ -366,7 +366,7 @@ def _fit(config: TrainConfig, train_sequences: Sequences, histories: Sequences, 
     inner = getattr(model, "module", model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
     batch_size = math.ceil(config.batch_size / dist.world_size)
-    steps = dist.max_int(data.num_batches(batch_size))
+    steps = dist.max_int(config.steps_per_epoch or data.num_batches(batch_size))  # fixed: equal steps per variant
     stop_name = config.early_stopping_metric
     eval_seed = _seed(seed, 7919, dist.rank)
 
@@ -418,7 +418,8 @@ def _fit(config: TrainConfig, train_sequences: Sequences, histories: Sequences, 
     result = {
         "model": config.model, "seed": seed, "device": str(device), "world_size": dist.world_size,
         "protocol": config.negatives_protocol, "early_stopping_metric": stop_name,
-        "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
+        "best_epoch": best_epoch, "epochs_run": len(history), "steps_per_epoch": steps,
+        "stopped_early": stopped_early,
         "valid": best_valid, "test": M.means_from_sums(plain),
         "test_breakdown": {group: M.means_from_sums(sums) for group, sums in sorted(groups.items())},
         "n_items": n_items, **{k: int(v) for k, v in counts.items()},
