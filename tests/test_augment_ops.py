@@ -160,3 +160,38 @@ def test_keyed_bits_do_not_collide_for_small_keys_and_draws():
     keys, draws = np.meshgrid(np.arange(300, dtype=np.uint64), np.arange(300, dtype=np.uint64))
     bits = rng.random_bits(1, "s", keys.ravel(), draws.ravel())
     assert len(np.unique(bits)) == bits.size
+
+
+def test_string_keys_are_a_pure_function_of_the_id_and_do_not_collide():
+    from recaug_spark import rng
+
+    ids = ["", "a", "a\x00", "abcdefgh", "abcdefgh\x00", "abcdefghi", "é"] + [f"user-{i}" for i in range(100_000)]
+    keys = rng.key_strings(pa.array(ids))
+    assert len(np.unique(keys)) == len(ids)
+    assert np.array_equal(rng.key_strings(ids[3:50]), keys[3:50])  # other neighbours, lists or Arrow
+    assert rng.key_strings(pa.array(ids).slice(5, 1))[0] == keys[5]
+
+
+def test_grouped_draws_equal_the_plain_ones():
+    from recaug_spark import rng
+
+    keys = np.array([3, 99, 2**63 + 5], dtype=np.uint64)
+    groups, draws = np.array([0, 0, 1, 2, 2, 2]), np.arange(6, dtype=np.uint64) + (np.uint64(3) << np.uint64(40))
+    assert np.array_equal(rng.random_bits_grouped(7, "s", keys, groups, draws), rng.random_bits(7, "s", keys[groups], draws))
+
+
+def test_lazy_chains_equal_applying_each_edit_in_turn():
+    from recaug_spark.augment.batch import LazyBatch
+
+    seqs = [TEN, TEN[:7], TEN[:3], TEN[:1], [], TEN[2:]]
+    batch = SequenceBatch.from_lists(np.arange(len(seqs)) * 31 + 1, seqs,
+                                     timestamps=[[10 * i for i in range(len(s))] for s in seqs],
+                                     session_ids=[[f"s{i // 3}" for i in range(len(s))] for s in seqs],
+                                     country=[[x.upper() for x in s] for s in seqs])
+    lazy, eager = LazyBatch.wrap(batch).tail(8), batch.tail(8)
+    for step, name in enumerate(("crop", "mask", "insert", "reorder", "substitute", "delete", "reorder")):
+        edit = build(name, {"crop": {"eta": 0.9}}.get(name, {})).plan(eager, Draws(5, f"{step}", eager.keys), VOCAB)
+        lazy, eager = lazy.apply(edit, EXTRA), apply_edit(eager, edit, EXTRA)
+        assert lazy.to_lists() == eager.to_lists() and lazy.timestamps_lists() == eager.timestamps_lists(), name
+        assert lazy.lists(lazy.session_ids) == eager.lists(eager.session_ids), name
+        assert lazy.lists(lazy.context["country"]) == eager.lists(eager.context["country"]), name

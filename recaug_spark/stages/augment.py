@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 
 from recaug_spark import rng
 from recaug_spark.augment.base import Augmenter, Draws, build
-from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
+from recaug_spark.augment.batch import MASK_TOKEN, LazyBatch, SequenceBatch
 from recaug_spark.augment.targeting import Targeting, fit_targeting
 from recaug_spark.config import AugmentConfig
 from recaug_spark.delta import replace_rows_by_key, rows_by_partition
@@ -96,13 +96,23 @@ def augment_batch(batch: SequenceBatch, branches: list[CompiledBranch], seed: in
                   max_input_events: int | None = None) -> Iterator[tuple[CompiledBranch, int, SequenceBatch, np.ndarray]]:
     """Yield (branch, copy, augmented batch, parent index per output row) for one real batch.
 
-    Augmenters see each targeted sequence's most recent ``max_input_events`` events only.
+    Augmenters see each targeted sequence's most recent ``max_input_events`` events only. The
+    augmented batches are lazy (:class:`LazyBatch`): edits compose, and each output column is taken
+    from ``batch`` once, when read; untargeted branches share one tail-cut base.
     """
+    source = LazyBatch.wrap(batch)
+    everyone = np.arange(len(batch), dtype=np.int64)
+    shared = None  # the base of untargeted branches
     for branch in branches:
-        parents = np.arange(len(batch), dtype=np.int64) if branch.target.selects_all else branch.target.select(batch)
-        base = batch.take(parents)
-        if max_input_events is not None:
-            base = base.tail(max_input_events)
+        if branch.target.selects_all:
+            if shared is None:
+                shared = source if max_input_events is None else source.tail(max_input_events)
+            parents, base = everyone, shared
+        else:
+            parents = branch.target.select(batch)
+            base = source.take(parents)
+            if max_input_events is not None:
+                base = base.tail(max_input_events)
         for copy in range(branch.copies):
             current, lineage = base, parents
             for position, (op, state) in enumerate(zip(branch.operators, branch.states)):
@@ -110,14 +120,25 @@ def augment_batch(batch: SequenceBatch, branches: list[CompiledBranch], seed: in
                 edit = op.plan(current, draws, state)
                 if edit.parents is not None:
                     lineage = lineage[edit.parents]
-                current = apply_edit(current, edit, _extra_items(state))
+                current = current.apply(edit, _extra_items(state))
             yield branch, copy, current, lineage
 
 
+_MASK_ONLY = pa.array([MASK_TOKEN], pa.string())
+_EXTRA_ITEMS: dict[int, tuple[Any, pa.Array]] = {}
+
+
 def _extra_items(state) -> pa.Array:
+    """``[MASK, *vocabulary]`` of an operator's state, built once per state (the same array every batch)."""
     vocabulary = getattr(state, "items", None)
-    mask = pa.array([MASK_TOKEN], pa.string())
-    return mask if vocabulary is None else pa.concat_arrays([mask, vocabulary])
+    if vocabulary is None:
+        return _MASK_ONLY
+    hit = _EXTRA_ITEMS.get(id(state))
+    if hit is None or hit[0] is not state:
+        if len(_EXTRA_ITEMS) > 64:
+            _EXTRA_ITEMS.clear()
+        hit = _EXTRA_ITEMS[id(state)] = (state, pa.concat_arrays([_MASK_ONLY, vocabulary.cast(pa.string())]))
+    return hit[1]
 
 
 def batch_from_arrow(record_batch: pa.RecordBatch) -> tuple[SequenceBatch, pa.Array]:
@@ -135,39 +156,141 @@ def batch_from_arrow(record_batch: pa.RecordBatch) -> tuple[SequenceBatch, pa.Ar
         if name not in record_batch.schema.names:
             return None
         column = record_batch.column(name)
-        if column.null_count or not pc.all(pc.equal(pc.list_value_length(column), pc.list_value_length(items))).as_py():
+        if column.null_count:
+            return pa.nulls(total, pa.string())
+        own = column.offsets.to_numpy()
+        if len(own) != len(offsets) or not np.array_equal(own - own[0], offsets):
             return pa.nulls(total, pa.string())
         return column.flatten()
 
     ts = flat("timestamps").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
     context = {name: aligned(column) for column, name in CONTEXT_COLUMNS.items()}
     return SequenceBatch(
-        keys=rng.key_strings(user_ids.to_pylist()), offsets=offsets, items=items.flatten(), timestamps=ts,
+        keys=rng.key_strings(user_ids), offsets=offsets, items=items.flatten(), timestamps=ts,
         event_types=flat("event_types"), session_ids=aligned("session_ids"),
         context={name: values for name, values in context.items() if values is not None},
     ), user_ids
 
 
-def _list(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _timestamps(values: np.ndarray) -> pa.Array:
+    """int64 µs as an Arrow timestamp array, without a copy."""
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(_TIMESTAMP, len(values), [None, pa.py_buffer(values)])
+
+
+def _list(offsets: pa.Array, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(offsets, values)
 
 
 def batch_to_arrow(batch: SequenceBatch, columns: dict[str, pa.Array | Any], schema: pa.Schema) -> pa.RecordBatch:
     n = len(batch)
+    offsets = pa.array(batch.offsets.astype(np.int32))
+    context = batch.context
     data = {
-        "item_ids": _list(batch.offsets, batch.items),
-        "timestamps": _list(batch.offsets, pa.array(batch.timestamps, pa.timestamp("us", tz="UTC"))),
-        "event_types": _list(batch.offsets, batch.event_types),
-        "session_ids": _list(batch.offsets, batch.session_ids if batch.session_ids is not None
+        "item_ids": _list(offsets, batch.items),
+        "timestamps": _list(offsets, _timestamps(batch.timestamps)),
+        "event_types": _list(offsets, batch.event_types),
+        "session_ids": _list(offsets, batch.session_ids if batch.session_ids is not None
                              else pa.nulls(int(batch.offsets[-1]), pa.string())),
         "length": pa.array(batch.lengths.astype(np.int32)),
     }
     for name, column in OUTPUT_CONTEXT_COLUMNS.items():
-        values = batch.context.get(name)
-        data[column] = _list(batch.offsets, values) if values is not None else pa.nulls(n, pa.list_(pa.string()))
+        values = context.get(name)
+        data[column] = _list(offsets, values) if values is not None else pa.nulls(n, pa.list_(pa.string()))
     for name, value in columns.items():
-        data[name] = value if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array([value] * n, schema.field(name).type)
+        data[name] = value if isinstance(value, (pa.Array, pa.ChunkedArray)) else _constant(value, schema.field(name).type, n)
     return pa.RecordBatch.from_arrays([data[f.name] for f in schema], schema=schema)
+
+
+_CONSTANTS: dict[tuple, pa.Array] = {}
+
+
+def _constant(value, kind: pa.DataType, n: int) -> pa.Array:
+    """``n`` copies of ``value``: a slice of one cached array per (value, type), grown as needed."""
+    key = (value, kind)
+    column = _CONSTANTS.get(key)
+    if column is None or len(column) < n:
+        if len(_CONSTANTS) > 256:
+            _CONSTANTS.clear()
+        size = max(n, 4096, 2 * len(column) if column is not None else 0)
+        column = _CONSTANTS[key] = pa.nulls(size, kind) if value is None else pa.repeat(pa.scalar(value, kind), size)
+    return column.slice(0, n)
+
+
+def _sequence_ids(parent_ids: pa.Array, lineage: np.ndarray, branch: int, copy: int) -> pa.Array:
+    """``<user_id>~<branch>:<copy>``, then ``:<k>`` for the k-th (k > 0) output of one parent."""
+    suffix = pa.scalar(f"~{branch}:{copy}", pa.string())
+    k = np.arange(len(lineage)) - np.searchsorted(lineage, lineage)  # lineage is sorted
+    if not k.any():
+        return pc.binary_join_element_wise(parent_ids, suffix, "")
+    extra = pc.if_else(pa.array(k > 0), pc.binary_join_element_wise(":", pc.cast(pa.array(k), pa.string()), ""), "")
+    return pc.binary_join_element_wise(parent_ids, suffix, extra, "")
+
+
+class _SuffixedIds:
+    """``<user_id><suffix>`` for every user id of a batch, for several suffixes: the id bytes are laid
+    out once per suffix length, then each suffix is written into its slots (a string join per
+    branch and copy costs several times more)."""
+
+    def __init__(self, user_ids: pa.Array):
+        self.user_ids = user_ids
+        self.layouts: dict[int, tuple] = {}
+
+    def get(self, suffix: str) -> pa.Array:
+        ids = self.user_ids
+        if not isinstance(ids, pa.Array) or ids.type != pa.string() or ids.null_count:
+            return pc.binary_join_element_wise(ids, pa.scalar(suffix, pa.string()), "")
+        raw = np.frombuffer(suffix.encode(), dtype=np.uint8)
+        layout = self.layouts.get(len(raw))
+        if layout is None:
+            layout = self.layouts[len(raw)] = self._layout(len(raw))
+        offsets, data, slots = layout
+        out = data.copy()
+        out[slots] = raw
+        return pa.Array.from_buffers(pa.string(), len(ids), [None, offsets, pa.py_buffer(out)])
+
+    def _layout(self, width: int) -> tuple:
+        ids, n = self.user_ids, len(self.user_ids)
+        offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset: ids.offset + n + 1].astype(np.int64)
+        lengths = np.diff(offsets)
+        out_offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(lengths + width, out=out_offsets[1:])
+        data = np.zeros(int(out_offsets[-1]), dtype=np.uint8)
+        size = int(offsets[-1] - offsets[0])
+        if size:
+            source = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[int(offsets[0]): int(offsets[-1])]
+            data[np.arange(size, dtype=np.int64) + np.repeat(np.arange(n, dtype=np.int64) * width, lengths)] = source
+        slots = (out_offsets[1:].astype(np.int64) - width)[:, None] + np.arange(width, dtype=np.int64)
+        return pa.py_buffer(out_offsets), data, slots
+
+
+def augment_record_batch(record_batch: pa.RecordBatch, branches: list[CompiledBranch], cfg: AugmentConfig, seed: int,
+                         run_id: str, config_hash: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The stage's work on one Arrow batch of sequences: its real rows, then every branch's and copy's
+    augmented rows, as Arrow batches of ``schema`` (``AUGMENTED_SEQUENCES``), as mapInArrow returns them."""
+    if record_batch.num_rows == 0:
+        return
+    real, user_ids = batch_from_arrow(record_batch)
+    common = {"seed": seed, "run_id": run_id, "config_hash": config_hash, "generator": None}
+    yield batch_to_arrow(real, {**common, "sequence_id": user_ids, "user_id": user_ids, "origin": "real",
+                                "operator_chain": REAL_CHAIN, "branch": None, "copy": None, "params": None},
+                         schema)
+    suffixed = _SuffixedIds(user_ids)
+    for branch, copy, out, lineage in augment_batch(real, branches, seed, cfg.max_input_events):
+        if len(out) == 0:
+            continue
+        if len(lineage) == len(real) and bool((lineage == np.arange(len(real))).all()):  # one row per user
+            parent_ids, sequence_ids = user_ids, suffixed.get(f"~{branch.index}:{copy}")
+        else:
+            parent_ids = user_ids.take(pa.array(lineage, pa.int64()))
+            sequence_ids = _sequence_ids(parent_ids, lineage, branch.index, copy)
+        yield batch_to_arrow(out, {**common, "sequence_id": sequence_ids,
+                                   "user_id": parent_ids, "origin": "augmented", "operator_chain": branch.chain,
+                                   "branch": branch.index, "copy": copy, "params": branch.params_json},
+                             schema)
 
 
 def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_id: str, config_hash: str,
@@ -185,24 +308,7 @@ def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_i
 
     def augment_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for record_batch in batches:
-            if record_batch.num_rows == 0:
-                continue
-            real, user_ids = batch_from_arrow(record_batch)
-            common = {"seed": seed, "run_id": run_id, "config_hash": config_hash, "generator": None}
-            yield batch_to_arrow(real, {**common, "sequence_id": user_ids, "user_id": user_ids, "origin": "real",
-                                        "operator_chain": REAL_CHAIN, "branch": None, "copy": None, "params": None},
-                                 schema)
-            for branch, copy, out, lineage in augment_batch(real, branches, seed, cfg.max_input_events):
-                if len(out) == 0:
-                    continue
-                parent_ids = user_ids.take(pa.array(lineage, pa.int64()))
-                suffix = np.arange(len(out)) - np.searchsorted(lineage, lineage)  # k-th output of a parent
-                ids = [f"{u}~{branch.index}:{copy}" + (f":{k}" if k else "")
-                       for u, k in zip(parent_ids.to_pylist(), suffix.tolist())]
-                yield batch_to_arrow(out, {**common, "sequence_id": pa.array(ids, pa.string()), "user_id": parent_ids,
-                                           "origin": "augmented", "operator_chain": branch.chain,
-                                           "branch": branch.index, "copy": copy, "params": branch.params_json},
-                                     schema)
+            yield from augment_record_batch(record_batch, branches, cfg, seed, run_id, config_hash, schema)
 
     spark = sequences.sparkSession
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
