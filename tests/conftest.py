@@ -33,7 +33,7 @@ def spark():
 @pytest.fixture(scope="session")
 def default_run(spark, tmp_path_factory):
     """One run of generate → ingest → clean → augment on 5,000 generated events, shared by several tests
-    (the train stage runs in tests/test_experiment.py with a tiny config)."""
+    (the train stage runs on it once, with a tiny config, in ``trained_run``)."""
     from recaug_spark.pipeline import planned_stages, run_stages
     from recaug_spark.runs import RunContext
 
@@ -43,3 +43,26 @@ def default_run(spark, tmp_path_factory):
     ctx = RunContext.create(spark, cfg, run_id="e2e")
     results = run_stages(ctx, planned_stages(cfg), echo=lambda line: None)
     return ctx, results
+
+
+TRAINED_RUN_ID = "e2e-train"
+
+
+@pytest.fixture(scope="session")
+def trained_run(default_run, tmp_path_factory):
+    """The train stage once on ``default_run``'s warehouse with a tiny config (run id ``e2e-train``: the
+    baseline, ``augmented`` (all chains) and ``crop``, seeds 1 and 2, 2 epochs, hidden 16), so that the
+    ``metrics`` table exists. Returns (the train RunContext, its StageResult, its report folder)."""
+    from recaug_spark.pipeline import run_stages
+    from recaug_spark.runs import RunContext
+
+    ctx, _ = default_run
+    reports = tmp_path_factory.mktemp("reports")
+    cfg = ctx.cfg.with_overrides(**{
+        "train.epochs": 2, "train.seeds": [1, 2], "train.hidden": 16, "train.max_len": 20, "train.batch_size": 64,
+        "train.num_threads": 1, "train.report_dir": str(reports),
+        "train.variants": [{"name": "augmented", "chains": "all"}, {"name": "crop", "chains": ["crop"]}],
+    })
+    train_ctx = RunContext(ctx.spark, cfg, ctx.warehouse, TRAINED_RUN_ID)
+    [result] = run_stages(train_ctx, ["train"], echo=lambda line: None)
+    return train_ctx, result, reports / TRAINED_RUN_ID

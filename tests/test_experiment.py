@@ -210,18 +210,11 @@ def test_experiment_command_rejects_a_bad_file_before_spark(tmp_path):
 
 # ---------------------------------------------------------------- the train stage end to end
 
-def test_train_stage_writes_metrics_report_and_counts(default_run, tmp_path):
+def test_train_stage_writes_metrics_report_and_counts(trained_run):
     from recaug_spark.pipeline import run_stages, summary
-    from recaug_spark.runs import RunContext
 
-    ctx, _ = default_run
-    cfg = ctx.cfg.with_overrides(**{
-        "train.epochs": 2, "train.seeds": [1, 2], "train.hidden": 16, "train.max_len": 20, "train.batch_size": 64,
-        "train.num_threads": 1, "train.report_dir": str(tmp_path / "reports"),
-        "train.variants": [{"name": "augmented", "chains": "all"}, {"name": "crop", "chains": ["crop"]}],
-    })
-    train_ctx = RunContext(ctx.spark, cfg, ctx.warehouse, "e2e-train")
-    [result] = run_stages(train_ctx, ["train"], echo=lambda line: None)
+    train_ctx, result, report = trained_run  # conftest.py: the train stage once per session, tiny config
+    ctx, cfg = train_ctx, train_ctx.cfg
 
     variants, seeds = ["baseline", "augmented", "crop"], [1, 2]
     metrics = ctx.warehouse.read("metrics").where("run_id = 'e2e-train'").toPandas()
@@ -235,7 +228,6 @@ def test_train_stage_writes_metrics_report_and_counts(default_run, tmp_path):
     ndcg = metrics.query("split == 'test' and metric == 'ndcg' and k == 10 and group == 'all'")
     assert len(ndcg) == 6 and ndcg["value"].between(0, 1).all()
 
-    report = tmp_path / "reports" / "e2e-train"
     for name in ("report.md", "metrics.png", "groups.png", "validation.png", "quality_lengths.png",
                  "quality_diversity.png"):
         assert (report / name).stat().st_size > 0, name
