@@ -1,7 +1,7 @@
 """End to end on a real Spark standalone cluster: spark-submit jobs/pipeline.py with --py-files.
 
-The test starts a one-worker cluster on free ports, submits the pipeline (generate → ingest →
-clean) as a user would, checks the Delta tables it wrote with ``deltalake`` (no Spark), and asks
+The test starts a one-worker cluster on free ports, submits the whole pipeline (generate → ingest
+→ clean → augment → train) as a user would, checks the Delta tables it wrote with ``deltalake`` (no Spark), and asks
 the master whether the application ran there (not in local mode). Then it stops the cluster.
 """
 
@@ -23,7 +23,8 @@ from _process import run_in_own_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB = REPO_ROOT / "jobs" / "pipeline.py"
-TABLES = ("events", "items", "sequences", "sequence_targets", "quarantine", "runs", "augmented_sequences")
+TABLES = ("events", "items", "sequences", "sequence_targets", "quarantine", "runs", "augmented_sequences",
+          "augmented_items", "metrics")
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_pipeline_on_standalone_cluster(cluster, tmp_path):
 
     # And `runs` holds one row per stage of this run
     runs = DeltaTable(str(warehouse / "runs")).to_pyarrow_table().to_pylist()
-    assert sorted(r["stage"] for r in runs) == ["augment", "clean", "generate", "ingest"], runs
+    assert sorted(r["stage"] for r in runs) == ["augment", "clean", "generate", "ingest", "train"], runs
     assert len({r["run_id"] for r in runs}) == 1
 
     # And the application ran on the standalone master, not in local mode
