@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recaug_spark.generators.sequence import SequenceGeneratorConfig
+
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -31,6 +33,7 @@ class RunConfig(_Section):
     seed: int = 42
     warehouse: str = "./warehouse"
     run_id: str | None = None  # default: a fresh id per run; pass one to make a retry idempotent
+    models: str | None = None  # generator artifacts (recaug fit); default: "models" beside the warehouse folder
 
 
 class SparkConfig(_Section):
@@ -337,6 +340,8 @@ class AugmentConfig(_Section):
         BranchConfig(chain="crop", params={"crop": {"eta": 0.6}}),
         BranchConfig(chain="mask", params={"mask": {"gamma": 0.3}}),
         BranchConfig(chain="reorder", params={"reorder": {"beta": 0.2}}),
+        BranchConfig(chain="prehistory", params={"prehistory": {"k": 3}}, max_length=5),
+        BranchConfig(chain="synthetic_user", params={"synthetic_user": {"length": 8}}, cold_start_days=14),
     )
     items: ItemAugmentConfig = ItemAugmentConfig()  # the item side: table augmented_items
 
@@ -467,11 +472,32 @@ class TrainStageConfig(TrainConfig):
         return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.model_fields})
 
 
-STAGES = ("generate", "ingest", "clean", "augment", "train")
+# ---------------------------------------------------------------- fit (generator models)
+
+GENERATORS = ("reverse_transformer", "forward_transformer")
+
+
+class FitConfig(_Section):
+    """Generator models trained by ``recaug fit`` (artifacts in ``run.models``) for model-based augmenters."""
+
+    enabled: bool = True
+    generators: tuple[Literal[GENERATORS], ...] = GENERATORS  # which ones to fit
+    reverse_transformer: SequenceGeneratorConfig = SequenceGeneratorConfig(direction="reverse")
+    forward_transformer: SequenceGeneratorConfig = SequenceGeneratorConfig(direction="forward")
+
+    @model_validator(mode="after")
+    def _directions(self) -> "FitConfig":
+        for name, direction in (("reverse_transformer", "reverse"), ("forward_transformer", "forward")):
+            if getattr(self, name).direction != direction:
+                raise ValueError(f"fit.{name}.direction must be '{direction}'")
+        return self
+
+
+STAGES = ("generate", "ingest", "clean", "fit", "augment", "train")
 
 
 class PipelineConfig(_Section):
-    until: Literal["generate", "ingest", "clean", "augment", "train"] = "train"
+    until: Literal[STAGES] = "train"
 
 
 class Config(_Section):
@@ -482,6 +508,7 @@ class Config(_Section):
     generate: GenerateConfig = GenerateConfig()
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
+    fit: FitConfig = FitConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainStageConfig = TrainStageConfig()
     pipeline: PipelineConfig = PipelineConfig()

@@ -1,6 +1,7 @@
-"""Stage orchestration: generate (when no input is given) → ingest → clean, one run id for all.
+"""Stage orchestration: generate (when no input is given) → ingest → clean → fit → augment → train,
+one run id for all.
 
-Later stages (augment, fit, train) append themselves to ``STAGES`` in the same way: a name and a
+Stages append themselves to ``STAGES`` in the same way: a name and a
 ``run_<stage>(ctx) -> StageResult`` function. Stage modules are imported lazily so that a stage's
 heavy dependencies load only when it runs.
 """
@@ -26,6 +27,8 @@ def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
     """The stages a run executes, in order: generate only when the input is the built-in shop."""
     last = STAGES.index(until or cfg.pipeline.until)
     skipped = {"generate"} if cfg.ingest.format != "generated" else set()
+    if not (cfg.fit.enabled and cfg.fit.generators):
+        skipped.add("fit")
     if not cfg.augment.enabled:
         skipped.add("augment")
     if not (cfg.train.enabled and cfg.augment.enabled):  # train compares with augmented_sequences; `recaug train` still can

@@ -33,6 +33,15 @@ class RunContext:
         warehouse = Warehouse(spark, cfg.run.warehouse, cfg.delta.backend)
         return cls(spark, cfg, warehouse, run_id or cfg.run.run_id or new_run_id())
 
+    @property
+    def models_dir(self) -> str:
+        """Where generator artifacts live: ``run.models``, else a ``models`` folder beside the warehouse."""
+        if self.cfg.run.models:
+            return self.cfg.run.models
+        root = self.warehouse.root.rstrip("/")
+        parent = root.rsplit("/", 1)[0] if "/" in root else "."
+        return f"{parent}/models"
+
     def txn(self, stage: str) -> tuple[str, int]:
         """The Delta application transaction of one stage of this run: committing it twice is a no-op."""
         return (f"recaug/{self.run_id}/{stage}", 0)

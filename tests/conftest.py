@@ -66,3 +66,38 @@ def trained_run(default_run, tmp_path_factory):
     train_ctx = RunContext(ctx.spark, cfg, ctx.warehouse, TRAINED_RUN_ID)
     [result] = run_stages(train_ctx, ["train"], echo=lambda line: None)
     return train_ctx, result, reports / TRAINED_RUN_ID
+
+
+GRAMMAR_ITEMS = 30  # toy grammar: item i is always followed by item i + 1 (mod 30)
+
+
+def grammar_rows(users: int = 200, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """(user_id, item_ids) of the toy grammar: runs of 3–9 consecutive items from a random start."""
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        start, n = int(r.integers(0, GRAMMAR_ITEMS)), int(r.integers(3, 10))
+        rows.append((f"u{u}", [f"i{(start + j) % GRAMMAR_ITEMS:02d}" for j in range(n)]))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def toy_generators(spark, tmp_path_factory):
+    """Forward and reverse Transformer generators fitted on the toy grammar (tiny model, seconds each).
+
+    Returns (models folder, {"forward": ArtifactRef, "reverse": ArtifactRef}, the grammar rows)."""
+    from recaug_spark.generators.sequence import SequenceGeneratorConfig, fit_sequence_generator
+
+    models = tmp_path_factory.mktemp("models")
+    rows = grammar_rows()
+    sequences = spark.createDataFrame(rows, "user_id string, item_ids array<string>")
+    following = [(u, f"i{(int(items[-1][1:]) + 1) % GRAMMAR_ITEMS:02d}", "valid") for u, items in rows]
+    valid = spark.createDataFrame(following, "user_id string, item_id string, split string")
+    refs = {}
+    for direction in ("forward", "reverse"):
+        cfg = SequenceGeneratorConfig(direction=direction, hidden=16, epochs=30, dropout=0.0, lr=5e-3, fidelity_users=50)
+        refs[direction] = fit_sequence_generator(sequences, valid if direction == "forward" else None, cfg, models,
+                                                 name=f"{direction}_transformer", trained_on={"sequences": 0})
+    return models, refs, rows

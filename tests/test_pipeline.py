@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import deltalake
+from pyspark.sql import functions as F
 
 from recaug_spark.config import load_config
 from recaug_spark.pipeline import planned_stages, run_stages, summary
@@ -13,10 +16,11 @@ SILVER = ("events", "items", "sequences", "sequence_targets")
 
 
 def test_planned_stages_follow_the_input_and_until():
-    assert planned_stages(load_config()) == ["generate", "ingest", "clean", "augment", "train"]
-    assert planned_stages(load_config(overrides=["train.enabled=false"])) == ["generate", "ingest", "clean", "augment"]
+    assert planned_stages(load_config()) == ["generate", "ingest", "clean", "fit", "augment", "train"]
+    assert planned_stages(load_config(overrides=["train.enabled=false"])) == ["generate", "ingest", "clean", "fit", "augment"]
     assert planned_stages(load_config(), until="ingest") == ["generate", "ingest"]
-    assert planned_stages(load_config(overrides=["augment.enabled=false"])) == ["generate", "ingest", "clean"]
+    assert planned_stages(load_config(overrides=["augment.enabled=false"])) == ["generate", "ingest", "clean", "fit"]
+    assert "fit" not in planned_stages(load_config(overrides=["fit.enabled=false"]))
     external = load_config(overrides=["ingest.format=csv", "ingest.events=x.csv"])
     assert planned_stages(external, until="clean") == ["ingest", "clean"]
 
@@ -31,7 +35,7 @@ def test_main_job_leaves_every_table_readable_with_deltalake(default_run):
 def test_runs_table_records_each_stage_with_counts_config_and_versions(default_run):
     ctx, results = default_run
     runs = ctx.warehouse.read("runs").where(f"run_id = '{ctx.run_id}'").collect()
-    assert sorted(r.stage for r in runs) == ["augment", "clean", "generate", "ingest"]
+    assert sorted(r.stage for r in runs) == ["augment", "clean", "fit", "generate", "ingest"]
     by_stage = {r.stage: r for r in runs}
     ingest = by_stage["ingest"]
     counts = json.loads(ingest.counts)
@@ -61,9 +65,38 @@ def test_clean_rows_reconcile_and_targets_stay_out_of_sequences(default_run):
 def test_rerun_with_the_same_run_id_writes_nothing(default_run):
     ctx, _ = default_run
     versions = {name: ctx.warehouse.version(name) for name in ("events_raw", "quarantine", "runs", *SILVER)}
-    again = run_stages(ctx, ["ingest", "clean"], echo=lambda line: None)
+    models = sorted(p.name for p in Path(ctx.models_dir).glob("*/v*"))
+    again = run_stages(ctx, ["ingest", "clean", "fit"], echo=lambda line: None)
     assert all(result.skipped for result in again)
     assert {name: ctx.warehouse.version(name) for name in versions} == versions
+    assert sorted(p.name for p in Path(ctx.models_dir).glob("*/v*")) == models  # no model trained again
+
+
+def test_fit_writes_both_generators_and_the_augmenters_use_them(default_run):
+    from recaug_spark.generators.artifacts import latest, manifest
+
+    ctx, results = default_run
+    fit = next(r for r in results if r.stage == "fit")
+    sequences_version = ctx.warehouse.version("sequences")
+    tags = {}
+    for name in ("reverse_transformer", "forward_transformer"):
+        written = manifest(latest(ctx.models_dir, name))
+        assert written["trained_on"]["sequences"] == sequences_version and written["trained_on"]["run_id"] == ctx.run_id
+        assert 0 <= written["fidelity"]["hr@10"] <= 1 and written["fidelity"]["users"] > 0
+        assert f"fidelity.{name}.hr@10_x10000" in fit.counts
+        tags[name] = f"{name}@{written['version']}"
+    augmented = ctx.warehouse.read("augmented_sequences")
+    by_chain = {r.operator_chain: r for r in augmented.groupBy("operator_chain").agg(
+        F.collect_set("generator").alias("generators"), F.collect_set("origin").alias("origins"),
+        F.count("*").alias("rows")).collect()}
+    assert by_chain["prehistory"].generators == [tags["reverse_transformer"]]
+    assert by_chain["synthetic_user"].generators == [tags["forward_transformer"]]
+    assert by_chain["synthetic_user"].origins == ["synthetic"] and by_chain["prehistory"].origins == ["augmented"]
+    assert by_chain["crop"].generators == []  # random operators: no generator
+    # every generated item is a catalog item
+    catalog = ctx.warehouse.read("items").select("item_id")
+    generated = augmented.where(F.col("generator").isNotNull()).select(F.explode("item_ids").alias("item_id"))
+    assert generated.count() > 0 and generated.join(catalog, "item_id", "left_anti").count() == 0
 
 
 def test_summary_lists_tables_versions_and_reasons(default_run):

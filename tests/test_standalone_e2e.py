@@ -106,7 +106,7 @@ def test_pipeline_on_standalone_cluster(cluster, tmp_path):
 
     # And `runs` holds one row per stage of this run
     runs = DeltaTable(str(warehouse / "runs")).to_pyarrow_table().to_pylist()
-    assert sorted(r["stage"] for r in runs) == ["augment", "clean", "generate", "ingest", "train"], runs
+    assert sorted(r["stage"] for r in runs) == ["augment", "clean", "fit", "generate", "ingest", "train"], runs
     assert len({r["run_id"] for r in runs}) == 1
 
     # And the application ran on the standalone master, not in local mode

@@ -109,6 +109,7 @@ def build(name: str, params: dict | None = None) -> Augmenter:
         balance_ops,
         catalog_ops,
         context_ops,
+        generator_ops,
         sequence_ops,
         time_ops,
     )

@@ -64,10 +64,17 @@ class CompiledBranch:
     copies: int
     target: Targeting
     params_json: str
+    origin: str = "augmented"  # "synthetic" when an operator of the chain writes synthetic users
+    generator: str | None = None  # name@version of the generator models the chain uses
 
 
-def compile_branches(cfg: AugmentConfig, sequences: DataFrame | None, items: DataFrame | None) -> list[CompiledBranch]:
-    """Build every branch's operators and fit their state and target once (on the driver, with Spark)."""
+def compile_branches(cfg: AugmentConfig, sequences: DataFrame | None, items: DataFrame | None,
+                     models_dir: str | None = None) -> list[CompiledBranch]:
+    """Build every branch's operators and fit their state and target once (on the driver, with Spark).
+
+    Generator-backed operators find their models in ``models_dir`` (``recaug fit``'s artifacts)."""
+    from recaug_spark.augment.generator_ops import GeneratorAugmenter
+
     branches, fitted = [], {}
     spark = sequences.sparkSession if sequences is not None else None
     for index, branch in enumerate(cfg.branches):
@@ -76,7 +83,8 @@ def compile_branches(cfg: AugmentConfig, sequences: DataFrame | None, items: Dat
         for op in operators:
             key = (type(op), json.dumps(op.describe(), sort_keys=True))
             if key not in fitted:
-                fitted[key] = op.fit(spark, sequences, items)
+                fitted[key] = (op.fit(spark, sequences, items, models_dir=models_dir)
+                               if isinstance(op, GeneratorAugmenter) else op.fit(spark, sequences, items))
             states.append(fitted[key])
         targeting = {"max_length": branch.max_length, "cold_start_days": branch.cold_start_days,
                      "long_tail_share": branch.long_tail_share}
@@ -87,8 +95,11 @@ def compile_branches(cfg: AugmentConfig, sequences: DataFrame | None, items: Dat
         params = {op.name: op.params.model_dump(mode="json") for op in operators}
         params["_input"] = {"max_input_events": cfg.max_input_events,
                             **{k: v for k, v in targeting.items() if v is not None}}
+        generators = [op.generator_tag(state) for op, state in zip(operators, states) if isinstance(op, GeneratorAugmenter)]
+        origin = "synthetic" if any(getattr(op, "origin", "augmented") == "synthetic" for op in operators) else "augmented"
         branches.append(CompiledBranch(index, ">".join(branch.operators), operators, tuple(states), branch.copies,
-                                       target, json.dumps(params, sort_keys=True)))
+                                       target, json.dumps(params, sort_keys=True), origin,
+                                       ",".join(dict.fromkeys(generators)) or None))
     return branches
 
 
@@ -287,14 +298,15 @@ def augment_record_batch(record_batch: pa.RecordBatch, branches: list[CompiledBr
         else:
             parent_ids = user_ids.take(pa.array(lineage, pa.int64()))
             sequence_ids = _sequence_ids(parent_ids, lineage, branch.index, copy)
-        yield batch_to_arrow(out, {**common, "sequence_id": sequence_ids,
-                                   "user_id": parent_ids, "origin": "augmented", "operator_chain": branch.chain,
+        yield batch_to_arrow(out, {**common, "sequence_id": sequence_ids, "generator": branch.generator,
+                                   "user_id": parent_ids, "origin": branch.origin, "operator_chain": branch.chain,
                                    "branch": branch.index, "copy": copy, "params": branch.params_json},
                              schema)
 
 
 def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_id: str, config_hash: str,
-                      items: DataFrame | None = None, fit_on: DataFrame | None = None) -> DataFrame:
+                      items: DataFrame | None = None, fit_on: DataFrame | None = None,
+                      models_dir: str | None = None) -> DataFrame:
     """Real sequences ∪ their augmented copies, as a DataFrame with provenance columns.
 
     Fitted state (popularity, co-occurrence, targets) comes from ``fit_on`` (default: ``sequences``):
@@ -302,7 +314,7 @@ def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_i
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    branches = compile_branches(cfg, fit_on if fit_on is not None else sequences, items)
+    branches = compile_branches(cfg, fit_on if fit_on is not None else sequences, items, models_dir)
     schema = to_arrow_schema(AUGMENTED_SEQUENCES)
     schema = pa.schema([f.with_nullable(True) for f in schema])
 
@@ -329,7 +341,7 @@ def run_augment(ctx: RunContext) -> StageResult:
         written, changed = _augment_incrementally(ctx, sequences, previous)
     else:
         augmented = augment_sequences(sequences, cfg, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
-                                      items=ctx.warehouse.read("items"))
+                                      items=ctx.warehouse.read("items"), models_dir=ctx.models_dir)
         written = ctx.warehouse.write("augmented_sequences", augmented, mode="overwrite",
                                       partition_by=["operator_chain"], txn=ctx.txn("augment"))
         changed = None
@@ -398,7 +410,7 @@ def _augment_incrementally(ctx: RunContext, sequences: DataFrame, previous: dict
         count = changed.count()
         targets = sequences.join(changed, "user_id", "left_semi")
         augmented = augment_sequences(targets, ctx.cfg.augment, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
-                                      items=ctx.warehouse.read("items"), fit_on=sequences)
+                                      items=ctx.warehouse.read("items"), fit_on=sequences, models_dir=ctx.models_dir)
         written = replace_rows_by_key(augmented, ctx.warehouse.uri("augmented_sequences"), key="user_id",
                                       keys=changed, txn=ctx.txn("augment"), backend=ctx.warehouse.backend)
     finally:

@@ -1,0 +1,135 @@
+"""The fit stage: trains the generator models that model-based augmenters use (``fit`` section).
+
+Reads ``sequences`` (the training split only: held-out targets live in ``sequence_targets``, of
+which only the *validation* rows are read, to report fidelity), and ``items``, at the versions it
+pins, and writes one versioned artifact per generator into the models folder (``run.models``,
+default ``models`` beside the warehouse; :mod:`recaug_spark.generators.artifacts`):
+
+* ``reverse_transformer`` — next-item Transformer on reversed sequences (ASReP pre-history);
+* ``forward_transformer`` — the same forward (sequence extension, synthetic sessions);
+* ``item_attributes`` — VAE over item attributes (Gaussian-copula baseline in its fidelity);
+* ``description_index`` — all-MiniLM-L6-v2 embedding index for description expansion.
+
+Each artifact records the table versions it was trained on and its fidelity figures; the stage
+reports them (× 10,000 in the ``runs`` table's counts). A re-run with the same run id finds the
+artifacts it already wrote (their manifests name the run id) and trains nothing again.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from recaug_spark.runs import RunContext, StageResult
+
+SEQUENCE_GENERATORS = ("reverse_transformer", "forward_transformer")
+
+
+def _already_fitted(models_dir: str, name: str, run_id: str, config: dict):
+    """The artifact this run id already wrote for ``name`` with this config, else None."""
+    from recaug_spark.generators.artifacts import ArtifactError, latest, manifest
+
+    try:
+        ref = latest(models_dir, name)
+    except ArtifactError:
+        return None
+    written = manifest(ref)
+    same = written.get("trained_on", {}).get("run_id") == run_id and written.get("config") == config
+    return ref if same else None
+
+
+def _fitters(ctx: RunContext, pinned: dict[str, int]) -> dict[str, tuple[object, Callable]]:
+    """Generator name → (its config, a function fitting it and returning its ArtifactRef)."""
+    from pyspark.sql import functions as F
+
+    cfg = ctx.cfg.fit
+    warehouse = ctx.warehouse
+    models = ctx.models_dir
+
+    def trained_on(*tables: str) -> dict:
+        return {"run_id": ctx.run_id, **{table: pinned[table] for table in tables}}
+
+    def sequence_fitter(name: str):
+        def fit():
+            from recaug_spark.generators.sequence import fit_sequence_generator
+
+            sequences = warehouse.read("sequences", version=pinned["sequences"])
+            targets = warehouse.read("sequence_targets", version=pinned["sequence_targets"])
+            valid = targets.where(F.col("split") == "valid")
+            return fit_sequence_generator(sequences, valid, getattr(cfg, name), models, name=name,
+                                          trained_on=trained_on("sequences", "sequence_targets"))
+        return fit
+
+    fitters = {name: (getattr(cfg, name), sequence_fitter(name)) for name in SEQUENCE_GENERATORS}
+    if hasattr(cfg, "item_attributes"):
+        def attribute_fitter():
+            from recaug_spark.generators.attributes import fit_attribute_generator
+
+            return fit_attribute_generator(warehouse.read("items", version=pinned["items"]), cfg.item_attributes, models,
+                                           name="item_attributes", trained_on=trained_on("items"))
+        fitters["item_attributes"] = (cfg.item_attributes, attribute_fitter)
+    if hasattr(cfg, "description_index"):
+        def description_fitter():
+            from recaug_spark.generators.text import fit_description_index
+
+            return fit_description_index(warehouse.read("items", version=pinned["items"]), cfg.description_index,
+                                         models, name="description_index", trained_on=trained_on("items"))
+        fitters["description_index"] = (cfg.description_index, description_fitter)
+    return fitters
+
+
+def _fidelity_counts(name: str, fidelity: dict) -> dict[str, int]:
+    """Numeric fidelity figures as ``fidelity.<generator>.<figure>_x10000`` counts (nested keys joined by '.')."""
+    counts: dict[str, int] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            counts[f"{prefix}_x10000"] = int(round(float(value) * 10_000))
+
+    walk(f"fidelity.{name}", fidelity or {})
+    return counts
+
+
+def run_fit(ctx: RunContext) -> StageResult:
+    from recaug_spark.generators.artifacts import manifest
+
+    cfg = ctx.cfg.fit
+    pinned = {table: ctx.warehouse.version(table) for table in ("sequences", "sequence_targets", "items")}
+    counts: dict[str, int] = {}
+    tables = {f"read:{table}": version for table, version in pinned.items()}
+    fitted = 0
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    for name, (generator_cfg, fit) in _fitters(ctx, pinned).items():
+        if name not in cfg.generators:
+            continue
+        config = generator_cfg.model_dump(mode="json")
+        ref = _already_fitted(ctx.models_dir, name, ctx.run_id, config)
+        if ref is None:
+            ref = fit()
+            fitted += 1
+        fidelity = manifest(ref).get("fidelity") or {}
+        log(f"[fit] {ref.tag}: {_describe(fidelity)}")
+        counts |= _fidelity_counts(name, fidelity)
+        counts[f"artifact.{name}.version"] = int(ref.version.lstrip("v"))
+    counts["generators"] = len(cfg.generators)
+    sequences = ctx.warehouse.read("sequences", version=pinned["sequences"]).count()
+    return StageResult("fit", rows_in=sequences, rows_out=len(cfg.generators), counts=counts,
+                       tables=tables, skipped=len(cfg.generators) > 0 and fitted == 0)
+
+
+def _describe(fidelity: dict) -> str:
+    parts = []
+    for key, value in fidelity.items():
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4f}")
+        elif isinstance(value, (int, str)):
+            parts.append(f"{key} {value}")
+        elif isinstance(value, dict):
+            parts.append(f"{key} {{{_describe(value)}}}")
+    return ", ".join(parts)
