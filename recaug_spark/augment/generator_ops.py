@@ -42,7 +42,6 @@ class GeneratorState:
 
 
 class _GeneratorParams(Params):
-    k: int = Field(3, ge=1, le=200, description="generated items per sequence")
     temperature: float = Field(1.0, gt=0, le=10, description="softmax temperature of sampling")
     top_k: int = Field(20, ge=1, description="sample among the k most likely items")
     allow_repeats: bool | None = Field(None, description="None: as in the data (repeat rate ≥ 1%)")
@@ -112,6 +111,7 @@ class Prehistory(GeneratorAugmenter):
 
     class Params(_GeneratorParams):
         model: str = Field("reverse_transformer", description="artifact name in the models folder")
+        k: int = Field(3, ge=1, le=200, description="generated items prepended to each sequence")
 
     def plan(self, batch, draws, state: GeneratorState) -> Edit:
         lengths = batch.lengths
@@ -153,6 +153,7 @@ class Extend(GeneratorAugmenter):
 
     class Params(_GeneratorParams):
         model: str = Field("forward_transformer", description="artifact name in the models folder")
+        k: int = Field(3, ge=1, le=200, description="generated items appended to each sequence")
 
     def plan(self, batch, draws, state: GeneratorState) -> Edit:
         lengths = batch.lengths
@@ -193,7 +194,6 @@ class SyntheticUser(GeneratorAugmenter):
     class Params(_GeneratorParams):
         model: str = Field("forward_transformer", description="artifact name in the models folder")
         length: int = Field(8, ge=2, le=200, description="items of the generated session, the seed item included")
-        k: int = Field(1, ge=1, le=1, description="unused (the session length is `length`)")
 
     def plan(self, batch, draws, state: GeneratorState) -> Edit:
         lengths = batch.lengths

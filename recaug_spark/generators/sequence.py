@@ -245,32 +245,36 @@ def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: i
     top_k = max(1, min(top_k, generator.n_items))
     for part in chunks(n, chunk_rows):
         rows = [np.asarray(h, dtype=np.int64) for h in histories[part]]
-        width = generator.max_len
-        current = _pad_left(rows, width)
-        seen = [set(r.tolist()) for r in rows]
+        m = len(rows)
+        current = _pad_left(rows, generator.max_len)
+        blocked = np.zeros((m, generator.n_items + 1), dtype=bool)
+        blocked[:, 0] = True  # padding
+        if not repeats:
+            lengths = np.array([len(r) for r in rows], dtype=np.int64)
+            if lengths.sum():
+                blocked[np.repeat(np.arange(m), lengths), np.concatenate(rows)] = True
         for step in range(k):
             logits = score_next(generator, current)
-            logits[:, 0] = -np.inf
-            if not repeats:
-                for r, items in enumerate(seen):
-                    if items:
-                        logits[r, list(items)] = -np.inf
+            logits[blocked] = -np.inf
             logits /= max(temperature, 1e-6)
-            candidates = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+            # the top k, ordered by (logit desc, index asc): per row, whatever else is in the batch
+            candidates = np.argpartition(-logits, top_k - 1, axis=1)[:, :top_k] if top_k < logits.shape[1] \
+                else np.tile(np.arange(logits.shape[1]), (m, 1))
             top = np.take_along_axis(logits, candidates, axis=1)
-            best = top.max(axis=1, keepdims=True)
-            top = top - np.where(np.isfinite(best), best, 0.0)
-            weights = np.where(np.isfinite(top), np.exp(top), 0.0)
+            order = np.lexsort((candidates, -top), axis=1)
+            candidates, top = np.take_along_axis(candidates, order, axis=1), np.take_along_axis(top, order, axis=1)
+            best = top[:, :1]
+            weights = np.where(np.isfinite(top), np.exp(top - np.where(np.isfinite(best), best, 0.0)), 0.0)
             total = weights.sum(axis=1, keepdims=True)
             u = rng.uniform(seed, f"{stream}/step", keys[part], step)
             cdf = np.cumsum(weights, axis=1) / np.where(total > 0, total, 1)
             pick = np.minimum((cdf < u[:, None]).sum(axis=1), top_k - 1)
-            chosen = candidates[np.arange(len(rows)), pick]
+            chosen = candidates[np.arange(m), pick]
             chosen[total[:, 0] <= 0] = 0  # every item excluded (tiny catalogs): nothing generated
             out[part, step] = chosen
             current = np.concatenate([current[:, 1:], chosen[:, None]], axis=1)
-            for r, item in enumerate(chosen):
-                seen[r].add(int(item))
+            if not repeats:
+                blocked[np.arange(m), chosen] = True
     return out
 
 
