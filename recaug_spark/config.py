@@ -16,7 +16,9 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recaug_spark.generators.attributes import AttributeGeneratorConfig
 from recaug_spark.generators.sequence import SequenceGeneratorConfig
+from recaug_spark.generators.text import DescriptionConfig
 
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -325,6 +327,8 @@ class ItemAugmentConfig(_Section):
     branches: tuple[ItemBranchConfig, ...] = (
         ItemBranchConfig(chain="synonym_replace", params={"synonym_replace": {"alpha": 0.2}}),
         ItemBranchConfig(chain="price_noise", params={"price_noise": {"rel_sigma": 0.1}}),
+        ItemBranchConfig(chain="attribute_generate"),  # the attribute VAE of recaug fit
+        ItemBranchConfig(chain="describe_expand"),  # thin descriptions: MiniLM neighbours' keywords
     )
 
 
@@ -474,7 +478,7 @@ class TrainStageConfig(TrainConfig):
 
 # ---------------------------------------------------------------- fit (generator models)
 
-GENERATORS = ("reverse_transformer", "forward_transformer")
+GENERATORS = ("reverse_transformer", "forward_transformer", "item_attributes", "description_index")
 
 
 class FitConfig(_Section):
@@ -484,6 +488,8 @@ class FitConfig(_Section):
     generators: tuple[Literal[GENERATORS], ...] = GENERATORS  # which ones to fit
     reverse_transformer: SequenceGeneratorConfig = SequenceGeneratorConfig(direction="reverse")
     forward_transformer: SequenceGeneratorConfig = SequenceGeneratorConfig(direction="forward")
+    item_attributes: AttributeGeneratorConfig = AttributeGeneratorConfig()
+    description_index: DescriptionConfig = DescriptionConfig()
 
     @model_validator(mode="after")
     def _directions(self) -> "FitConfig":

@@ -72,7 +72,7 @@ def test_rerun_with_the_same_run_id_writes_nothing(default_run):
     assert sorted(p.name for p in Path(ctx.models_dir).glob("*/v*")) == models  # no model trained again
 
 
-def test_fit_writes_both_generators_and_the_augmenters_use_them(default_run):
+def test_fit_writes_the_generators_and_the_augmenters_use_them(default_run):
     from recaug_spark.generators.artifacts import latest, manifest
 
     ctx, results = default_run
@@ -97,6 +97,20 @@ def test_fit_writes_both_generators_and_the_augmenters_use_them(default_run):
     catalog = ctx.warehouse.read("items").select("item_id")
     generated = augmented.where(F.col("generator").isNotNull()).select(F.explode("item_ids").alias("item_id"))
     assert generated.count() > 0 and generated.join(catalog, "item_id", "left_anti").count() == 0
+
+    # the item side: attribute VAE variants and expanded descriptions, with their generator versions
+    items = ctx.warehouse.read("augmented_items")
+    for chain, name in (("attribute_generate", "item_attributes"), ("describe_expand", "description_index")):
+        written = manifest(latest(ctx.models_dir, name))
+        assert written["trained_on"]["items"] == ctx.warehouse.version("items")
+        rows = items.where(F.col("operator_chain") == chain).collect()
+        assert rows and {r.generator for r in rows} == {f"{name}@{written['version']}"}, chain
+    variants = items.where("operator_chain = 'attribute_generate'").select("item_id", "category", "price").collect()
+    real = {r.item_id: r for r in items.where("origin = 'real'").collect()}
+    assert all(v.price > 0 and v.category == real[v.item_id].category for v in variants)
+    expanded = items.where("operator_chain = 'describe_expand'").collect()
+    assert all(e.description.startswith(real[e.item_id].description or "") for e in expanded)
+    assert any(len(e.description) > len(real[e.item_id].description or "") for e in expanded)
 
 
 def test_summary_lists_tables_versions_and_reasons(default_run):

@@ -400,11 +400,17 @@ class ItemState:
 
     lexicon: Lexicon | None = None
     stats: FeatureStats = field(default_factory=dict)
+    generators: Mapping[str, Any] = field(default_factory=dict)  # artifact name -> ArtifactRef (recaug fit)
 
     def require_lexicon(self, operator: str) -> Lexicon:
         if self.lexicon is None:
             raise AugmenterError(f"item augmenter {operator!r} needs a fitted lexicon (ItemState.lexicon)")
         return self.lexicon
+
+    def require_generator(self, operator: str, artifact: str):
+        if artifact not in self.generators:
+            raise AugmenterError(f"item augmenter {operator!r} needs the generator {artifact!r} (run `recaug fit`)")
+        return self.generators[artifact]
 
 
 @dataclass(frozen=True)
@@ -433,8 +439,9 @@ class ItemAugmenter(ABC):
     """Base class. Subclasses set ``name``, ``Params`` and a docstring saying what, when and why."""
 
     name: ClassVar[str]
-    kind: ClassVar[Literal["text", "noise"]]
+    kind: ClassVar[Literal["text", "noise", "generator"]]
     Params: ClassVar[type[Params]] = Params
+    artifact: ClassVar[str | None] = None  # generator operators: the model's name in the models folder
 
     def __init__(self, params: Params):
         self.params = params
@@ -734,3 +741,7 @@ class FeatureNoise(ItemAugmenter):
         out = items.copy()
         out["attributes"] = pd.Series(attributes, index=items.index, dtype=object)
         return out
+
+
+# Model-based item operators register themselves on import (they build on the classes above).
+from recaug_spark.augment import attribute_ops, description_ops  # noqa: E402,F401

@@ -75,16 +75,21 @@ class CompiledItemBranch:
     generator: str | None
 
 
-def compile_item_branches(cfg: ItemAugmentConfig, lexicon_name: str | None) -> list[CompiledItemBranch]:
+def compile_item_branches(cfg: ItemAugmentConfig, lexicon_name: str | None,
+                          generators: dict | None = None) -> list[CompiledItemBranch]:
+    """The configured branches, each with its ``generator`` provenance: the lexicon (text operators)
+    and the ``name@version`` of each generator model its operators use (``generators``: artifact
+    name → ArtifactRef)."""
     branches = []
     for index, branch in enumerate(cfg.branches):
         operators = tuple(build_item_augmenter(name, branch.params.get(name)) for name in branch.operators)
         tail_only = cfg.long_tail_only if branch.long_tail_only is None else branch.long_tail_only
         params = {op.name: op.params.model_dump(mode="json") for op in operators}
         params["_target"] = {"long_tail_share": cfg.long_tail_share} if tail_only else {}
-        text = any(op.kind == "text" for op in operators)
+        tags = [lexicon_name] if any(op.kind == "text" for op in operators) and lexicon_name else []
+        tags += [generators[op.artifact].tag for op in operators if op.artifact and generators and op.artifact in generators]
         branches.append(CompiledItemBranch(index, ">".join(branch.operators), operators, branch.copies, tail_only,
-                                           json.dumps(params, sort_keys=True), lexicon_name if text else None))
+                                           json.dumps(params, sort_keys=True), ",".join(dict.fromkeys(tags)) or None))
     return branches
 
 
@@ -171,13 +176,16 @@ def flag_long_tail(items: DataFrame, sequences: DataFrame, share: float, total: 
 
 
 def augment_items(items: DataFrame, sequences: DataFrame | None, cfg: ItemAugmentConfig, seed: int, run_id: str,
-                  config_hash: str, *, partitions: int | None = None, lexicon: Lexicon | None = None) -> DataFrame:
+                  config_hash: str, *, partitions: int | None = None, lexicon: Lexicon | None = None,
+                  models_dir: str | None = None) -> DataFrame:
     """Real items ∪ their augmented variants, as a DataFrame of :data:`AUGMENTED_ITEMS`.
 
     ``sequences`` (the training sequences) give the popularity for long-tail targeting; they may be
     None when no branch targets the long tail. ``lexicon`` replaces the fitted WordNet lexicon
     (tests, custom domains). ``partitions``: items are hash-partitioned by ``item_id`` into this many
     (default ``spark.sql.shuffle.partitions``). Real rows carry the input items unchanged.
+    ``models_dir``: where generator operators (``attribute_generate``, ``describe_expand``) find
+    the latest version of their model (``recaug fit``); a missing one fails here, before Spark runs.
 
     Example::
 
@@ -205,8 +213,9 @@ def augment_items(items: DataFrame, sequences: DataFrame | None, cfg: ItemAugmen
         profile = profile_catalog(items, vocabulary="text" in kinds and lexicon is None, features="noise" in kinds)
     if "text" in kinds and lexicon is None:
         lexicon = wordnet_lexicon(profile.vocabulary)
-    state = ItemState(lexicon=lexicon, stats=profile.stats)
-    branches = compile_item_branches(cfg, lexicon.name if lexicon is not None else None) if cfg.enabled else []
+    generators = _generator_refs(configured, models_dir)
+    state = ItemState(lexicon=lexicon, stats=profile.stats, generators=generators)
+    branches = compile_item_branches(cfg, lexicon.name if lexicon is not None else None, generators) if cfg.enabled else []
     if long_tail:
         items = flag_long_tail(items, sequences, cfg.long_tail_share, total=profile.items)
     else:
@@ -252,6 +261,19 @@ def augment_items(items: DataFrame, sequences: DataFrame | None, cfg: ItemAugmen
     return partitioned.mapInArrow(augment_partition, AUGMENTED_ITEMS)
 
 
+def _generator_refs(branches, models_dir: str | None) -> dict:
+    """Artifact name → the latest ArtifactRef, for every generator model the branches' operators use."""
+    names = {op.artifact for b in branches for op in (build_item_augmenter(n, b.params.get(n)) for n in b.operators)
+             if op.artifact}
+    if not names:
+        return {}
+    from recaug_spark.generators.artifacts import latest
+
+    if models_dir is None:
+        raise ValueError(f"item operators using generator models {sorted(names)} need the models folder (run.models)")
+    return {name: latest(models_dir, name) for name in sorted(names)}
+
+
 def write_augmented_items(ctx: RunContext) -> tuple[int | None, dict[str, int]]:
     """Write ``augmented_items`` (real ∪ augmented, partitioned by ``operator_chain``) in one
     idempotent commit; returns (table version, rows per operator_chain), or (None, {}) when
@@ -273,7 +295,7 @@ def write_augmented_items(ctx: RunContext) -> tuple[int | None, dict[str, int]]:
         return version, _counts(rows_by_partition(uri, "operator_chain", version))
     sequences = ctx.warehouse.read("sequences") if ctx.warehouse.exists("sequences") else None
     augmented = augment_items(ctx.warehouse.read("items"), sequences, cfg, ctx.cfg.run.seed, ctx.run_id,
-                              ctx.cfg.hash)
+                              ctx.cfg.hash, models_dir=ctx.models_dir)
     written = ctx.warehouse.write(TABLE, augmented, mode="overwrite", partition_by=["operator_chain"], txn=txn)
     return written.version, _counts(rows_by_partition(written.uri, "operator_chain", written.version))
 
