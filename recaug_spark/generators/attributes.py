@@ -294,8 +294,11 @@ def decode_rows(schema: Schema, out: np.ndarray, categories: list[str], uniforms
             if kind == "price":
                 low, high = schema.band.get(category, (-np.inf, np.inf))
                 log_price = float(np.clip(part[0] * schema.price_std + schema.price_mean, low, high))
-                price = round(math.exp(log_price), 2)
-                price = price if price > 0 else round(math.exp(high), 2)
+                price = round(math.exp(log_price), 2)  # cents; rounding must not leave the band
+                if math.isfinite(low) and (price <= 0 or math.log(price) < low):
+                    price = math.ceil(math.exp(low) * 100) / 100
+                if math.isfinite(high) and math.log(price) > high:
+                    price = math.floor(math.exp(high) * 100) / 100
             elif kind == "numeric":
                 k = len(numeric)
                 name = schema.numeric[k]
@@ -320,9 +323,10 @@ def decode_rows(schema: Schema, out: np.ndarray, categories: list[str], uniforms
 
 
 def merge_attributes(original: str | None, decoded: dict) -> str:
-    """The item's attributes JSON with the generated values in place of the modelled keys."""
+    """The item's attributes JSON with generated values for the keys it has (no attribute is added)."""
     parsed = _parse(original)
-    merged = {**parsed, **decoded["numeric"], **{k: v for k, v in decoded["categorical"].items() if v != OTHER}}
+    generated = {**decoded["numeric"], **{k: v for k, v in decoded["categorical"].items() if v != OTHER}}
+    merged = {**parsed, **{k: v for k, v in generated.items() if k in parsed}}
     return json.dumps({k: merged[k] for k in sorted(merged)}, ensure_ascii=False)
 
 
@@ -339,7 +343,8 @@ def fit_copula(x_columns: np.ndarray, codes: np.ndarray, schema: Schema) -> dict
         if len(rows) < 3:
             continue
         scores = norm.ppf(np.column_stack([rankdata(col) / (len(col) + 1) for col in rows.T]))
-        corr = np.corrcoef(scores, rowvar=False) if rows.shape[1] > 1 else np.ones((1, 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.corrcoef(scores, rowvar=False) if rows.shape[1] > 1 else np.ones((1, 1))
         corr = np.nan_to_num(corr, nan=0.0)
         np.fill_diagonal(corr, 1.0)
         fitted[category] = {"quantiles": np.sort(rows, axis=0).tolist(), "corr": corr.tolist()}
@@ -398,8 +403,9 @@ def fidelity(schema: Schema, real: np.ndarray, codes: np.ndarray, generated: dic
                 tvd.append(0.5 * np.abs(p - q).sum())
             k = len(names)
             if k > 1:
-                cr = np.nan_to_num(np.corrcoef(r[:, :k], rowvar=False))
-                cf = np.nan_to_num(np.corrcoef(f[:, :k], rowvar=False))
+                with np.errstate(invalid="ignore", divide="ignore"):  # a constant column: no correlation
+                    cr = np.nan_to_num(np.corrcoef(r[:, :k], rowvar=False))
+                    cf = np.nan_to_num(np.corrcoef(f[:, :k], rowvar=False))
                 corr.append(float(np.abs(cr - cf)[np.triu_indices(k, 1)].mean()))
         report[method] = {"price_w1": float(np.mean(w1)) if w1 else float("nan"),
                           "categorical_tvd": float(np.mean(tvd)) if tvd else float("nan"),
