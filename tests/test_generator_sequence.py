@@ -81,3 +81,21 @@ def test_exhausted_vocabulary_generates_nothing_rather_than_padding(toy_generato
     everything = np.arange(1, model.n_items + 1, dtype=np.int64)
     out = generate(model, [everything], 2, keys=np.array([1], dtype=np.uint64), seed=1, stream="x")
     assert (out == 0).all()
+
+
+def test_two_torch_distributor_ranks_train_the_same_kind_of_generator(spark, tmp_path):
+    """num_processes 2: the same training function on two gloo ranks (DDP), one artifact at the end."""
+    from conftest import grammar_rows
+
+    from recaug_spark.generators.sequence import SequenceGeneratorConfig, fit_sequence_generator
+
+    sequences = spark.createDataFrame(grammar_rows(), "user_id string, item_ids array<string>")
+    cfg = SequenceGeneratorConfig(direction="forward", hidden=16, epochs=30, dropout=0.0, lr=5e-3, fidelity_users=50,
+                                  num_processes=2)
+    ref = fit_sequence_generator(sequences, None, cfg, tmp_path, name="forward_ddp", trained_on={})
+    fidelity = manifest(ref)["fidelity"]
+    assert fidelity["evaluated_on"] == "held-out last items" and fidelity["hr@10"] >= 0.9
+    model = runtime.load(ref)
+    ahead = generate(model, [encode(model, ["i05", "i06"])], 2, keys=np.array([1], dtype=np.uint64), seed=1,
+                     stream="t", top_k=1)
+    assert [model.items[i - 1].as_py() for i in ahead[0]] == ["i07", "i08"]
