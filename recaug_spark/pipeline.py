@@ -62,9 +62,28 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]
         if "augmentation_factor_x1000" in result.counts:
             lines.append(f"  augmentation factor (all rows / real rows) {result.counts['augmentation_factor_x1000'] / 1000:.2f}")
+        if result.stage == "fit":
+            lines += _fit_summary(ctx, result)
         if result.stage == "train" and not result.skipped:
             lines += _train_summary(ctx, result)
     return "\n".join(lines)
+
+
+def _fit_summary(ctx: RunContext, result: StageResult) -> list[str]:
+    """One line per generator: its artifact version and headline fidelity figures."""
+    from recaug_spark.config import GENERATORS
+
+    lines = [f"fit: generator models in {ctx.models_dir}"]
+    headline = ("hr@10", "ndcg@10", "identical_share", "vae.price_w1", "copula.price_w1", "vae.categorical_tvd",
+                "added_in_category", "thin_items")
+    for name in GENERATORS:
+        version = result.counts.get(f"artifact.{name}.version")
+        if version is None:
+            continue
+        figures = [f"{key} {result.counts[f'fidelity.{name}.{key}_x10000'] / 10_000:.4g}" for key in headline
+                   if f"fidelity.{name}.{key}_x10000" in result.counts]
+        lines.append(f"  {name}@v{version:<4} " + ", ".join(figures))
+    return lines
 
 
 def _train_summary(ctx: RunContext, result: StageResult) -> list[str]:

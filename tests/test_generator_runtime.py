@@ -124,3 +124,8 @@ def test_each_python_worker_loads_the_model_once_over_many_tasks(spark, tmp_path
         by_pid.setdefault(row.pid, set()).add(row.loads)
     assert by_pid and all(loads == {1} for loads in by_pid.values()), by_pid
     assert len(by_pid) < 16  # workers were reused across tasks (else this test proves nothing)
+
+
+def test_an_object_store_uri_is_refused_with_the_reason():
+    with pytest.raises(ArtifactError, match="POSIX path"):
+        latest("s3://bucket/models", "echo")

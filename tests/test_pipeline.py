@@ -118,6 +118,8 @@ def test_summary_lists_tables_versions_and_reasons(default_run):
     text = summary(ctx, results)
     assert "sequences" in text and "quarantine." in text and "removed." in text
     assert f"v{ctx.warehouse.version('events')}" in text
+    assert f"fit: generator models in {ctx.models_dir}" in text and "reverse_transformer@v1" in text
+    assert "hr@10" in text and "vae.price_w1" in text
 
 
 def test_augmented_rows_never_contain_a_held_out_target(default_run):

@@ -66,6 +66,9 @@ def submit_command(master_url: str, py_files: Path, warehouse: Path) -> list[str
         "--set", f"run.warehouse={warehouse}",
         "--set", "generate.events=5000",
         "--set", "generate.items=300",
+        # the generators are trained for real, briefly: this test is about running on a cluster
+        "--set", "fit.reverse_transformer.epochs=3", "--set", "fit.forward_transformer.epochs=3",
+        "--set", "fit.item_attributes.epochs=20",
     ]
 
 
@@ -91,7 +94,7 @@ def test_pipeline_on_standalone_cluster(cluster, tmp_path):
 
     # When the pipeline is submitted to the cluster
     started = time.monotonic()
-    job = run_in_own_group(command, timeout_s=240, cwd=REPO_ROOT, env=env)
+    job = run_in_own_group(command, timeout_s=480, cwd=REPO_ROOT, env=env)
     duration = time.monotonic() - started
     logs = failure_report(command, job)
 
@@ -103,6 +106,13 @@ def test_pipeline_on_standalone_cluster(cluster, tmp_path):
         assert (path / "_delta_log").is_dir(), f"table {name} missing at {path}\n{logs}"
         rows[name] = DeltaTable(str(path)).to_pyarrow_table().num_rows
     assert all(count > 0 for count in rows.values()), rows
+
+    # And the generators were fitted beside the warehouse and used on the executors
+    for name in ("reverse_transformer", "forward_transformer", "item_attributes", "description_index"):
+        assert (tmp_path / "models" / name / "v1" / "manifest.json").is_file(), name
+    generators = {r["generator"] for r in DeltaTable(str(warehouse / "augmented_sequences")).to_pyarrow_table(
+        columns=["generator"]).to_pylist()}
+    assert {"reverse_transformer@v1", "forward_transformer@v1"} <= generators, generators
 
     # And `runs` holds one row per stage of this run
     runs = DeltaTable(str(warehouse / "runs")).to_pyarrow_table().to_pylist()

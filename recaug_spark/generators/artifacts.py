@@ -50,6 +50,9 @@ class ArtifactRef:
 
 def _local(models_dir: str | os.PathLike) -> Path:
     text = str(models_dir)
+    if "://" in text and not text.startswith("file://"):
+        raise ArtifactError(f"run.models {text!r}: generator artifacts live on a POSIX path every executor can read "
+                            f"(a local folder, NFS or a FUSE mount of the object store), not a {text.split(':')[0]}:// URI")
     return Path(text.removeprefix("file://")).expanduser()
 
 
