@@ -64,7 +64,7 @@ def protected_tokens(text, lexicon=LEXICON, extra=frozenset()):
 
 def test_registry_names_every_operator_and_rejects_unknown_ones():
     assert set(ITEM_REGISTRY) == {"synonym_replace", "random_insert", "random_swap", "random_delete", "price_noise",
-                                  "feature_noise"}
+                                  "feature_noise", "attribute_generate", "describe_expand"}
     with pytest.raises(AugmenterError, match="known: .*price_noise.*synonym_replace"):
         build_item_augmenter("synonym_swap")
     with pytest.raises(AugmenterError, match="allowed: .*alpha"):

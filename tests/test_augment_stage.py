@@ -14,6 +14,10 @@ from recaug_spark.stages.augment import augment_sequences, run_augment
 
 T0 = dt.datetime(2024, 1, 1)
 
+# The default branches minus the model-based ones (these tests run augment without `recaug fit`).
+WITHOUT_GENERATORS = ("augment.branches=[{chain: crop}, {chain: mask}, {chain: reorder}]",
+                      "augment.items.branches=[{chain: synonym_replace}, {chain: price_noise}]")
+
 
 def sequence_rows(users: int = 40):
     rows = []
@@ -95,7 +99,7 @@ def test_augmented_items_come_from_the_user_or_the_catalog(spark, sequences):
 
 
 def test_run_augment_writes_a_table_partitioned_by_operator_chain(spark, tmp_path):
-    cfg = load_config(overrides=[f"run.warehouse={tmp_path}"])
+    cfg = load_config(overrides=[f"run.warehouse={tmp_path}", *WITHOUT_GENERATORS])
     ctx = RunContext.create(spark, cfg, run_id="aug")
     ctx.warehouse.write("sequences", spark.createDataFrame(sequence_rows(), SEQUENCES))
     ctx.warehouse.write("items", items_table(spark))
@@ -149,7 +153,7 @@ def test_augmenters_see_only_the_most_recent_events_of_heavy_users(spark):
 
 def test_incremental_run_replaces_exactly_the_changed_users_rows(spark, tmp_path):
     rows = sequence_rows()
-    cfg = load_config(overrides=[f"run.warehouse={tmp_path}", "augment.incremental=true"])
+    cfg = load_config(overrides=[f"run.warehouse={tmp_path}", "augment.incremental=true", *WITHOUT_GENERATORS])
     first = RunContext.create(spark, cfg, run_id="first")
     first.warehouse.write("sequences", spark.createDataFrame(rows, SEQUENCES))
     first.warehouse.write("items", items_table(spark))

@@ -9,7 +9,7 @@
   cold-start users: give its branch ``cold_start_days``.
 
 Generated events copy the event type of the real event they attach to and get timestamps one
-median gap of the sequence apart (one hour for a single event), before the first event or after
+mean gap of the sequence apart (one hour for a single event), before the first event or after
 the last one. Generated items are always vocabulary items of the model, which was trained on the
 training sequences' items (its vocabulary is checked against them at fit: a model trained on
 other data fails with a clear error). Every row records ``generator = name@version``.
@@ -82,20 +82,51 @@ class GeneratorAugmenter(Augmenter):
                         temperature=p.temperature, top_k=p.top_k, allow_repeats=p.allow_repeats)
 
 
-def _median_gaps(batch: SequenceBatch) -> np.ndarray:
-    """Median gap between consecutive events of each sequence (one hour when it has one event)."""
+def _mean_gaps(batch: SequenceBatch) -> np.ndarray:
+    """Mean gap between consecutive events of each sequence (one hour for a single event)."""
+    lengths = batch.lengths
     gaps = np.full(len(batch), _HOUR_US, dtype=np.int64)
-    ts = batch.timestamps
-    for i in np.flatnonzero(batch.lengths >= 2):
-        start, end = batch.offsets[i], batch.offsets[i + 1]
-        gap = int(np.median(np.diff(ts[start:end])))
-        gaps[i] = gap if gap > 0 else _HOUR_US
+    many = lengths >= 2
+    if many.any():
+        first, last = batch.offsets[:-1][many], batch.offsets[1:][many] - 1
+        spans = (batch.timestamps[last] - batch.timestamps[first]) // (lengths[many] - 1)
+        gaps[many] = np.where(spans > 0, spans, _HOUR_US)
     return gaps
 
 
+def _splice(batch: SequenceBatch, generated: np.ndarray, *, before: bool, whole: bool = True) -> Edit:
+    """The edit putting each row's generated items (model codes, ``generated[i, 0]`` nearest to the
+    real events, zeros = none) before its first event or after its last one.
+
+    ``whole=False`` keeps only the first real event (a synthetic session grown from it). Generated
+    events copy the anchor event's columns and get timestamps one mean gap apart.
+    """
+    lengths = batch.lengths
+    real = lengths if whole else np.minimum(lengths, 1)
+    counts = np.where(lengths >= 1, (generated > 0).sum(axis=1), 0)  # zeros only trail (nothing left to draw)
+    offsets = offsets_from_lengths(real + counts)
+    seq = np.repeat(np.arange(len(batch), dtype=np.int64), real + counts)
+    at = np.arange(offsets[-1], dtype=np.int64) - offsets[:-1][seq]
+    first = batch.offsets[:-1][seq]
+    if before:
+        is_generated, step, real_at = at < counts[seq], counts[seq] - 1 - at, at - counts[seq]
+        anchor = first
+    else:
+        is_generated, step, real_at = at >= real[seq], at - real[seq], at
+        anchor = first + real[seq] - 1
+    positions = np.where(is_generated, anchor, first + real_at)
+    width = max(generated.shape[1], 1)
+    codes = np.where(is_generated, generated.reshape(-1)[seq * generated.shape[1] + np.clip(step, 0, width - 1)]
+                     if generated.size else -1, -1)
+    offset = _mean_gaps(batch)[seq] * (step + 1)
+    timestamps = np.where(is_generated, batch.timestamps[anchor] + (-offset if before else offset),
+                          batch.timestamps[np.clip(first + real_at, 0, max(len(batch.timestamps) - 1, 0))])
+    return Edit(offsets, positions, item_codes=codes, timestamps=timestamps)
+
+
 def _encoded(batch: SequenceBatch, generator) -> list[np.ndarray]:
-    codes = generator.encode(batch.items)
-    return [codes[batch.offsets[i]:batch.offsets[i + 1]] for i in range(len(batch))]
+    """Each sequence's items as the model's codes (0 for items it does not know)."""
+    return np.split(generator.encode(batch.items), batch.offsets[1:-1])
 
 
 @register
@@ -114,31 +145,10 @@ class Prehistory(GeneratorAugmenter):
         k: int = Field(3, ge=1, le=200, description="generated items prepended to each sequence")
 
     def plan(self, batch, draws, state: GeneratorState) -> Edit:
-        lengths = batch.lengths
-        active = lengths >= 1
         generator = self._model(state)
         histories = [h[::-1] for h in _encoded(batch, generator)]  # the reverse model reads backwards in time
         generated = self._generate(state, histories, self.params.k, draws)  # [n, k]: g1 just before the first event
-        counts = np.where(active, (generated > 0).sum(axis=1), 0)
-        gaps = _median_gaps(batch)
-        new_lengths = lengths + counts
-        offsets = offsets_from_lengths(new_lengths)
-        total = int(offsets[-1])
-        positions = np.empty(total, dtype=np.int64)
-        codes = np.full(total, -1, dtype=np.int64)
-        timestamps = np.empty(total, dtype=np.int64)
-        for i in range(len(batch)):
-            start, c = offsets[i], counts[i]
-            first = batch.offsets[i]
-            if c:
-                items = generated[i][generated[i] > 0][:c][::-1]  # earliest first: g_k … g_1
-                positions[start:start + c] = first
-                codes[start:start + c] = items
-                timestamps[start:start + c] = batch.timestamps[first] - gaps[i] * np.arange(c, 0, -1)
-            n = lengths[i]
-            positions[start + c:start + c + n] = np.arange(first, first + n)
-            timestamps[start + c:start + c + n] = batch.timestamps[first:first + n]
-        return Edit(offsets, positions, item_codes=codes, timestamps=timestamps)
+        return _splice(batch, generated, before=True)
 
 
 @register
@@ -156,27 +166,9 @@ class Extend(GeneratorAugmenter):
         k: int = Field(3, ge=1, le=200, description="generated items appended to each sequence")
 
     def plan(self, batch, draws, state: GeneratorState) -> Edit:
-        lengths = batch.lengths
         generator = self._model(state)
         generated = self._generate(state, _encoded(batch, generator), self.params.k, draws)
-        counts = np.where(lengths >= 1, (generated > 0).sum(axis=1), 0)
-        gaps = _median_gaps(batch)
-        offsets = offsets_from_lengths(lengths + counts)
-        total = int(offsets[-1])
-        positions = np.empty(total, dtype=np.int64)
-        codes = np.full(total, -1, dtype=np.int64)
-        timestamps = np.empty(total, dtype=np.int64)
-        for i in range(len(batch)):
-            start, n, c = offsets[i], lengths[i], counts[i]
-            first = batch.offsets[i]
-            positions[start:start + n] = np.arange(first, first + n)
-            timestamps[start:start + n] = batch.timestamps[first:first + n]
-            if c:
-                last = first + n - 1
-                positions[start + n:start + n + c] = last
-                codes[start + n:start + n + c] = generated[i][generated[i] > 0][:c]
-                timestamps[start + n:start + n + c] = batch.timestamps[last] + gaps[i] * np.arange(1, c + 1)
-        return Edit(offsets, positions, item_codes=codes, timestamps=timestamps)
+        return _splice(batch, generated, before=False)
 
 
 @register
@@ -196,22 +188,8 @@ class SyntheticUser(GeneratorAugmenter):
         length: int = Field(8, ge=2, le=200, description="items of the generated session, the seed item included")
 
     def plan(self, batch, draws, state: GeneratorState) -> Edit:
-        lengths = batch.lengths
         generator = self._model(state)
         codes_all = generator.encode(batch.items)
-        starts = [codes_all[batch.offsets[i]:batch.offsets[i] + 1] for i in range(len(batch))]
+        starts = [codes_all[start:start + 1] for start in batch.offsets[:-1]]
         generated = self._generate(state, starts, self.params.length - 1, draws)
-        counts = np.where(lengths >= 1, 1 + (generated > 0).sum(axis=1), 0)
-        gaps = _median_gaps(batch)
-        offsets = offsets_from_lengths(counts)
-        total = int(offsets[-1])
-        positions = np.empty(total, dtype=np.int64)
-        codes = np.full(total, -1, dtype=np.int64)
-        timestamps = np.empty(total, dtype=np.int64)
-        for i in np.flatnonzero(counts):
-            start, c = offsets[i], counts[i]
-            first = batch.offsets[i]
-            positions[start:start + c] = first
-            codes[start + 1:start + c] = generated[i][generated[i] > 0][:c - 1]
-            timestamps[start:start + c] = batch.timestamps[first] + gaps[i] * np.arange(c)
-        return Edit(offsets, positions, item_codes=codes, timestamps=timestamps)
+        return _splice(batch, generated, before=False, whole=False)

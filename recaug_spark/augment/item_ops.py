@@ -350,16 +350,20 @@ PRICE_FEATURE = "price"
 ATTRIBUTE_PREFIX = "attributes."
 
 
-def numeric_attributes(attributes: str | None) -> dict[str, int | float]:
-    """The JSON numbers (not strings, not booleans) at the top level of an attributes JSON object."""
+def parse_attributes(attributes: str | None) -> dict:
+    """The top-level object of an attributes JSON string; {} for null, invalid JSON or a non-object."""
     if not isinstance(attributes, str):
         return {}
     try:
         parsed = json.loads(attributes)
     except ValueError:
         return {}
-    if not isinstance(parsed, dict):
-        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def numeric_attributes(attributes: str | None) -> dict[str, int | float]:
+    """The JSON numbers (not strings, not booleans) at the top level of an attributes JSON object."""
+    parsed = parse_attributes(attributes)
     return {k: v for k, v in parsed.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 

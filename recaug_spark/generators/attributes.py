@@ -130,13 +130,9 @@ class Schema:
 
 
 def _parse(attributes) -> dict:
-    if not isinstance(attributes, str):
-        return {}
-    try:
-        parsed = json.loads(attributes)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+    from recaug_spark.augment.item_ops import parse_attributes
+
+    return parse_attributes(attributes)
 
 
 def _is_number(value) -> bool:
