@@ -103,7 +103,7 @@ def main():
 @config_options
 @click.option("--until", type=click.Choice(list(STAGES)), help="Last stage to run (pipeline.until).")
 def run(configs, sets, until, **shorthands):
-    """The main job: generate (when no --input) → ingest → clean → augment → train, with a summary at the end."""
+    """The main job: generate (when no --input) → ingest → clean → fit → augment → train, with a summary at the end."""
     from recaug_spark.pipeline import planned_stages
 
     cfg = resolve_config(configs, sets, **shorthands)
