@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -100,3 +101,16 @@ def test_a_model_of_another_vocabulary_or_none_fails_at_fit(spark, toy_generator
     shutil.rmtree(tmp_path / "empty", ignore_errors=True)
     with pytest.raises(ArtifactError, match="recaug fit"):
         op.fit(spark, other, None, models_dir=str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("name", ["prehistory", "extend", "synthetic_user"])
+def test_a_batch_where_the_branch_targets_nobody_gives_an_empty_edit(spark, toy_generators, name):
+    from recaug_spark.augment.base import Draws
+    from recaug_spark.augment.batch import SequenceBatch
+
+    models, _, rows = toy_generators
+    op = build(name)
+    state = op.fit(spark, sequences_frame(spark, rows), None, models_dir=str(models))
+    empty = SequenceBatch.from_lists(np.zeros(0, dtype=np.uint64), [])
+    edit = op.plan(empty, Draws(1, name, empty.keys), state)
+    assert list(edit.offsets) == [0] and len(edit.positions) == 0

@@ -126,6 +126,8 @@ def _splice(batch: SequenceBatch, generated: np.ndarray, *, before: bool, whole:
 
 def _encoded(batch: SequenceBatch, generator) -> list[np.ndarray]:
     """Each sequence's items as the model's codes (0 for items it does not know)."""
+    if len(batch) == 0:
+        return []  # np.split would still return one (empty) piece
     return np.split(generator.encode(batch.items), batch.offsets[1:-1])
 
 
