@@ -257,7 +257,8 @@ def test_item_config_validates_operators_and_params_like_sequence_branches():
     cfg = load_config(overrides=["augment.items.branches=[{chain: 'random_delete > feature_noise', copies: 2}]"])
     assert cfg.augment.items.branches[0].operators == ["random_delete", "feature_noise"]
     defaults = ItemAugmentConfig()
-    assert defaults.long_tail_only and {b.chain for b in defaults.branches} == {"synonym_replace", "price_noise"}
+    assert defaults.long_tail_only and {b.chain for b in defaults.branches} == {
+        "synonym_replace", "price_noise", "attribute_generate", "describe_expand"}
 
 
 # --------------------------------------------------------------------------------------------
