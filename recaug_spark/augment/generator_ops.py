@@ -50,7 +50,6 @@ class _GeneratorParams(Params):
 class GeneratorAugmenter(Augmenter):
     """Augmenters backed by a generator artifact named ``model`` in the models folder."""
 
-    default_model: ClassVar[str]
     origin: ClassVar[str] = "augmented"
 
     def fit(self, spark, sequences, items, models_dir=None) -> GeneratorState:
@@ -140,7 +139,6 @@ class Prehistory(GeneratorAugmenter):
     """
 
     name = "prehistory"
-    default_model = "reverse_transformer"
 
     class Params(_GeneratorParams):
         model: str = Field("reverse_transformer", description="artifact name in the models folder")
@@ -161,7 +159,6 @@ class Extend(GeneratorAugmenter):
     """
 
     name = "extend"
-    default_model = "forward_transformer"
 
     class Params(_GeneratorParams):
         model: str = Field("forward_transformer", description="artifact name in the models folder")
@@ -182,7 +179,6 @@ class SyntheticUser(GeneratorAugmenter):
     """
 
     name = "synthetic_user"
-    default_model = "forward_transformer"
     origin = "synthetic"
 
     class Params(_GeneratorParams):
