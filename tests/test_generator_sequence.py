@@ -83,6 +83,20 @@ def test_exhausted_vocabulary_generates_nothing_rather_than_padding(toy_generato
     assert (out == 0).all()
 
 
+def test_allowed_items_mask_restricts_generation(toy_generators):
+    _, refs, rows = toy_generators
+    model = runtime.load(refs["forward"])
+    histories = [encode(model, items) for _, items in rows[:40]]
+    allowed = np.zeros(model.n_items + 1, dtype=bool)
+    allowed[1:model.n_items // 2 + 1] = True  # only the first half of the vocabulary (and never padding)
+    out = generate(model, histories, 3, keys=np.arange(40, dtype=np.uint64), seed=2, stream="m", temperature=5.0,
+                   top_k=1000, allowed_items=allowed)
+    generated = out[out > 0]
+    assert generated.size and allowed[generated].all()
+    with pytest.raises(ValueError, match="bool mask"):
+        generate(model, histories, 1, keys=np.arange(40, dtype=np.uint64), seed=2, stream="m", allowed_items=allowed[1:])
+
+
 def test_two_torch_distributor_ranks_train_the_same_kind_of_generator(spark, tmp_path):
     """num_processes 2: the same training function on two gloo ranks (DDP), one artifact at the end."""
     from conftest import grammar_rows

@@ -227,11 +227,13 @@ def score_next(generator: SequenceGenerator, histories: np.ndarray) -> np.ndarra
 
 def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: int, *, keys: np.ndarray, seed: int,
              stream: str, temperature: float = 1.0, top_k: int = 20, allow_repeats: bool | None = None,
-             chunk_rows: int = 1024) -> np.ndarray:
+             allowed_items: np.ndarray | None = None, chunk_rows: int = 1024) -> np.ndarray:
     """``k`` sampled next items (model indices 1..N) after each history, as an [n, k] array.
 
     Histories are in the model's direction (most recent last; for the reverse model: the sequence
     reversed). ``allow_repeats`` None follows the data (repeats allowed when its repeat rate is ≥ 1%).
+    ``allowed_items`` (bool mask over model indices 0..N, or None for all) restricts what may be generated,
+    e.g. to items still in the catalog; a row with no allowed item left gets 0 (nothing generated).
     Sampling is keyed per sequence (``keys``), so the result of a sequence does not depend on the
     other sequences of its batch.
     """
@@ -241,6 +243,11 @@ def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: i
         return out
     repeats = generator.repeat_rate >= 0.01 if allow_repeats is None else allow_repeats
     keys = np.asarray(keys, dtype=np.uint64)
+    if allowed_items is not None:
+        allowed_items = np.asarray(allowed_items, dtype=bool)
+        if allowed_items.shape != (generator.n_items + 1,):
+            raise ValueError(f"allowed_items must be a bool mask of {generator.n_items + 1} model indices "
+                             f"(0 = padding, 1..{generator.n_items} = vocabulary), got shape {allowed_items.shape}")
     set_torch_threads()
     top_k = max(1, min(top_k, generator.n_items))
     for part in chunks(n, chunk_rows):
@@ -249,6 +256,8 @@ def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: i
         current = _pad_left(rows, generator.max_len)
         blocked = np.zeros((m, generator.n_items + 1), dtype=bool)
         blocked[:, 0] = True  # padding
+        if allowed_items is not None:
+            blocked |= ~allowed_items
         if not repeats:
             lengths = np.array([len(r) for r in rows], dtype=np.int64)
             if lengths.sum():
