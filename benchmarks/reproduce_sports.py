@@ -93,7 +93,8 @@ def build_config(args, warehouse: Path):
     """The pipeline + experiment config: the --experiment layer, the data, the reference model."""
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     overrides = [
-        f"run.warehouse={warehouse}", f"spark.master={args.master}", f"spark.driver_memory={args.driver_memory}",
+        f"run.warehouse={warehouse}", f"run.models={warehouse}-models",
+        f"spark.master={args.master}", f"spark.driver_memory={args.driver_memory}",
         "ingest.format=amazon-5core", f"ingest.events={args.data}", "ingest.pseudonymize.ids_already_anonymous=true",
         "augment.items.enabled=false",
         *(f"train.{key}={json.dumps(value)}" for key, value in REFERENCE.items()),
@@ -103,7 +104,8 @@ def build_config(args, warehouse: Path):
     ]
     if not args.clean_defaults:
         overrides.append(f"clean.max_sequence_length={max(200, longest_line(Path(args.data)))}")
-    cfg = load_config([args.experiment] if args.experiment else [], overrides)
+    overrides.append(f"train.parallel_runs={args.parallel}")
+    cfg = load_config([args.experiment] if args.experiment else [], [*overrides, *args.set])
     if args.experiment:
         branches = [b.model_dump(mode="python") for b in cfg.augment.branches]
         variants = [v.model_dump(mode="python") for v in cfg.train.variants]
@@ -112,10 +114,44 @@ def build_config(args, warehouse: Path):
     for chain in args.variant:
         branches.append({"chain": chain, "copies": args.copies})
         variants.append({"name": variant_name(chain), "chains": [chain]})
-    return cfg.with_overrides(**{"augment.branches": branches, "train.variants": variants})
+    cfg = cfg.with_overrides(**{"augment.branches": branches, "train.variants": variants})
+    return cfg.with_overrides(**{"fit.generators": needed_generators(cfg)})
+
+
+def needed_generators(cfg) -> list[str]:
+    """The generator models the configured branches use (``recaug fit`` trains only these)."""
+    from recaug_spark.augment.base import build
+    from recaug_spark.augment.generator_ops import GeneratorAugmenter
+
+    names = []
+    for branch in cfg.augment.branches:
+        for name in branch.operators:
+            op = build(name, branch.params.get(name))
+            if isinstance(op, GeneratorAugmenter) and op.params.model not in names:
+                names.append(op.params.model)
+    return names
 
 
 # ---------------------------------------------------------------- prepare and check
+
+def fitted_already(cfg, warehouse: Path) -> bool:
+    """With --reaugment: every needed generator's latest artifact has this config and was trained on
+    the warehouse's current ``sequences`` version (so a new operator setting re-uses the models)."""
+    from deltalake import DeltaTable
+
+    from recaug_spark.generators.artifacts import ArtifactError, latest, manifest
+
+    version = DeltaTable(str(warehouse / "sequences")).version()
+    for name in cfg.fit.generators:
+        try:
+            written = manifest(latest(cfg.run.models, name))
+        except ArtifactError:
+            return False
+        if (written.get("config") != getattr(cfg.fit, name).model_dump(mode="json")
+                or written.get("trained_on", {}).get("sequences") != version):
+            return False
+    return True
+
 
 def prepare(cfg, stages: list[str]) -> dict[str, float]:
     from recaug_spark.pipeline import run_stages
@@ -230,6 +266,29 @@ def format_runs(records) -> str:
     return "\n".join(lines)
 
 
+def report_from(saved: Path) -> str:
+    """The baseline, comparison and run tables from a study's saved runs (``*.runs.jsonl``)."""
+    from recaug_spark.train.experiment import RunRecord, comparison_table
+
+    records = []
+    for line in saved.read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            records.append(RunRecord(result.pop("variant"), result.pop("seed"), result))
+    if not any(r.variant == "baseline" for r in records):
+        return f"{saved}: no finished baseline run yet ({len(records)} run(s))"
+    # complete seeds only: a paired comparison needs every arm of a seed
+    arms = {r.variant for r in records}
+    complete = {s for s in {r.seed for r in records} if {r.variant for r in records if r.seed == s} == arms}
+    records = sorted((r for r in records if r.seed in complete), key=lambda r: (r.variant != "baseline", r.variant, r.seed))
+    parts = [f"{len(records)} run(s) of {len(complete)} complete seed(s) from {saved}", "",
+             format_baseline(baseline_summary(records))]
+    if len(arms) > 1:
+        parts += ["", "variants vs baseline at equal optimizer steps:",
+                  comparison_table(records, METRICS, chains={a: a for a in sorted(arms)})]
+    return "\n".join(parts + ["", "runs:", format_runs(records)])
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv=None) -> None:
@@ -251,13 +310,22 @@ def main(argv=None) -> None:
                         help=f"validations without a better NDCG@10 (default {FULL['patience']})")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
+    parser.add_argument("--parallel", type=int, default=1, help="training runs at once, a process each")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. fit.reverse_transformer.hidden=64 (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke check: seeds {QUICK['seeds']}, {QUICK['max_epochs']} epochs, patience {QUICK['patience']}")
     parser.add_argument("--clean-defaults", action="store_true", help="keep clean.max_sequence_length at its default")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="4g")
-    parser.add_argument("--json", default=None, help="also save the figures to this JSON file")
+    parser.add_argument("--json", default=None,
+                        help="also save the figures to this JSON file (and each run, as it ends, to *.runs.jsonl)")
+    parser.add_argument("--report-from", default=None, metavar="JSONL",
+                        help="print the tables from the runs a (possibly interrupted) study saved, and stop")
     args = parser.parse_args(argv)
+    if args.report_from:
+        print(report_from(Path(args.report_from)))
+        return
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -271,7 +339,8 @@ def main(argv=None) -> None:
     warehouse = Path(args.warehouse or tempfile.mkdtemp(prefix="recaug-sports-")).resolve()
     try:
         cfg = build_config(args, warehouse)
-        stages = ["augment"] if args.reaugment else [] if args.skip_prepare else ["ingest", "clean", "augment"]
+        fit = ["fit"] if cfg.fit.generators and not (args.skip_prepare and fitted_already(cfg, warehouse)) else []
+        stages = [*fit, "augment"] if args.reaugment else [] if args.skip_prepare else ["ingest", "clean", *fit, "augment"]
         durations = prepare(cfg, stages) if stages else {}
         check = check_preprocessing(Path(args.data), warehouse)
         print(format_check(check), flush=True)
@@ -285,7 +354,16 @@ def main(argv=None) -> None:
         log(f"[train] {len(plan.arms)} arm(s) × {len(cfg.train.seeds)} seed(s); an epoch = {plan.steps_per_epoch} steps; "
             f"rows by chain {dict(plan.rows_by_chain)}")
         started = time.perf_counter()
-        records = run_experiment(plan, cfg.train, log=log)
+        saved = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
+        if saved is not None:
+            saved.write_text("")
+
+        def save(record) -> None:  # each run as it ends: a long study keeps what it finished
+            with saved.open("a") as handle:
+                handle.write(json.dumps({"variant": record.variant, "seed": record.seed, **record.result},
+                                        default=str) + "\n")
+
+        records = run_experiment(plan, cfg.train, log=log, epoch_log=True, on_record=save if saved else None)
         train_seconds = time.perf_counter() - started
 
         summary = baseline_summary(records)
@@ -320,6 +398,7 @@ def main(argv=None) -> None:
     finally:
         if args.warehouse is None:
             shutil.rmtree(warehouse, ignore_errors=True)
+            shutil.rmtree(f"{warehouse}-models", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -461,6 +461,7 @@ class TrainStageConfig(TrainConfig):
     num_threads: int | None = Field(1, ge=1)  # 1: robust when the cores are shared (oversubscribed threads stall)
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     num_processes: int = Field(1, ge=1)  # > 1: TorchDistributor ranks on the caller's Spark session
+    parallel_runs: int = Field(1, ge=1)  # with num_processes 1: models (arm × seed) trained at once, a process each
     quality: bool = True  # data-quality report (fidelity, diversity, privacy) of the pinned table
     report_dir: str | None = None  # default: <run.warehouse>/reports/<run id>
 
@@ -469,6 +470,8 @@ class TrainStageConfig(TrainConfig):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be distinct, got {names}")
+        if self.parallel_runs > 1 and self.num_processes > 1:
+            raise ValueError("parallel_runs > 1 trains whole models side by side; it needs num_processes 1")
         return self
 
     def trainer_config(self) -> TrainConfig:

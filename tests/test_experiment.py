@@ -186,6 +186,9 @@ def test_experiment_files_validate_and_ablation_covers_the_default_chains():
     ablation = load_config([PACKAGE_CONF_DIR / "experiments" / "ablation.yaml"])
     single = {v.chains[0] for v in ablation.train.variants if v.chains != "all" and len(v.chains) == 1}
     assert single == {b.chain.replace(" ", "") for b in Config().augment.branches}
+    for path in sorted((PACKAGE_CONF_DIR / "experiments").glob("*.yaml")):  # every shipped study is a valid layer
+        cfg = load_config([path])
+        assert cfg.train.experiment == path.stem, path
 
 
 def test_arms_resolve_all_and_reject_unknown_chains():
@@ -249,3 +252,31 @@ def test_train_stage_writes_metrics_report_and_counts(trained_run):
     [again] = run_stages(train_ctx, ["train"], echo=lambda line: None)
     assert again.skipped and ctx.warehouse.version("metrics") == version
     assert Path(report / "report.md").exists()
+
+
+def test_parallel_runs_give_the_same_results_as_one_after_another(default_run):
+    """train.parallel_runs trains arm × seed models in worker processes: same figures, same order."""
+    from recaug_spark.train.experiment import plan_experiment, run_experiment
+
+    ctx, _ = default_run
+    cfg = ctx.cfg.with_overrides(**{
+        "train.epochs": 1, "train.seeds": [1, 2], "train.hidden": 8, "train.max_len": 10, "train.batch_size": 128,
+        "train.num_threads": 1, "train.variants": [{"name": "crop", "chains": ["crop"]}],
+    }).train
+    wh = ctx.warehouse
+    plan = plan_experiment(cfg, wh.uri("augmented_sequences"), wh.uri("sequence_targets"), wh.uri("items"))
+    lines: list[str] = []
+    ended: list[tuple[str, int]] = []
+    one_by_one = run_experiment(plan, cfg, log=lines.append, epoch_log=True,
+                                on_record=lambda r: ended.append((r.variant, r.seed)))
+    assert ended == [("baseline", 1), ("crop", 1), ("baseline", 2), ("crop", 2)]  # seed by seed: pairs end early
+    ended.clear()
+    side_by_side = run_experiment(plan, cfg.model_copy(update={"parallel_runs": 2}),
+                                  on_record=lambda r: ended.append((r.variant, r.seed)))
+    assert sorted(ended) == [("baseline", 1), ("baseline", 2), ("crop", 1), ("crop", 2)]
+    assert [(r.variant, r.seed) for r in side_by_side] == [("baseline", 1), ("baseline", 2), ("crop", 1), ("crop", 2)]
+    assert [(r.variant, r.seed, r.result["test"]) for r in side_by_side] == [
+        (r.variant, r.seed, r.result["test"]) for r in one_by_one]
+    assert sum(line.startswith("[train] crop seed 2: epoch=0 ") for line in lines) == 1  # the per-epoch log
+    with pytest.raises(ConfigError, match="num_processes 1"):
+        load_config(overrides=["train.parallel_runs=2", "train.num_processes=2"])

@@ -29,6 +29,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ from recaug_spark.generators.artifacts import ArtifactRef, read_vocabulary, save
 from recaug_spark.generators.runtime import chunks, device, register_loader, set_torch_threads
 
 KIND = "sequence_transformer"
-_LOGIT_ELEMENTS = 16_000_000  # batch × positions × items per training step (bounds the logits' memory)
+_LOGIT_ELEMENTS = 16_000_000  # targets × items per training step (bounds the logits' memory)
 
 
 class SequenceGeneratorConfig(BaseModel):
@@ -150,25 +152,33 @@ def train_model(inputs: np.ndarray, targets: np.ndarray, n_items: int, cfg: dict
     if world_size > 1:
         trained = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    batch = max(8, min(cfg["batch_size"], _LOGIT_ELEMENTS // max(1, cfg["max_len"] * (n_items + 1))))
+    # Logits only where there is a target (windows are mostly left padding on short-sequence data).
+    targets_per_window = max(1.0, float((targets > 0).sum()) / max(len(targets), 1))
+    batch = max(8, min(cfg["batch_size"], int(_LOGIT_ELEMENTS // ((n_items + 1) * targets_per_window))))
     mine = np.arange(rank, len(inputs), world_size)
     generator = np.random.default_rng(cfg["seed"])
     x_all, y_all = torch.from_numpy(inputs), torch.from_numpy(targets)
     steps = math.ceil(len(inputs) / world_size / batch)  # equal on every rank (DDP needs the same count)
     model.train()
-    for _ in range(cfg["epochs"]):
+    for epoch in range(cfg["epochs"]):
+        started, loss_sum = time.perf_counter(), 0.0
         order = mine[generator.permutation(len(mine))] if len(mine) else mine
         for step in range(steps):
             rows = order[step * batch:(step + 1) * batch]
             if len(rows) == 0:
                 rows = mine[:1] if len(mine) else np.array([0])
             x, y = x_all[rows].to(run_on), y_all[rows].to(run_on)
-            hidden = trained(x)
-            logits = hidden @ model.item_embeddings.weight[: n_items + 1].T
-            loss = F.cross_entropy(logits.reshape(-1, n_items + 1), y.reshape(-1), ignore_index=0)
+            at = y > 0
+            logits = trained(x)[at] @ model.item_embeddings.weight[: n_items + 1].T
+            loss = F.cross_entropy(logits, y[at])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            loss_sum += float(loss.detach())
+        if rank == 0:
+            print(f"[fit] {cfg['direction']} transformer epoch {epoch + 1}/{cfg['epochs']}: loss "
+                  f"{loss_sum / max(steps, 1):.4f}, {steps} steps of {batch} in {time.perf_counter() - started:.1f}s",
+                  file=sys.stderr, flush=True)
     model.eval()
     return {k: v.detach().cpu() for k, v in model.state_dict().items()} if rank == 0 else None
 

@@ -39,8 +39,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,13 +143,31 @@ class RunRecord:
         return int(self.result.get("epochs_run", 0)) * int(self.result.get("steps_per_epoch", 0))
 
 
-def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str], None] | None = None) -> list[RunRecord]:
+def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str], None] | None = None,
+                   epoch_log: bool = False, on_record: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
     """Train every arm × seed of ``plan``; ``cfg.num_processes`` > 1 runs each model on that many
-    TorchDistributor ranks (local mode) of ``spark``'s cluster (default: the active session)."""
+    TorchDistributor ranks (local mode) of ``spark``'s cluster (default: the active session);
+    otherwise ``cfg.parallel_runs`` models train at once, each in a process of its own.
+
+    Runs go seed by seed (every arm of seed 1, then of seed 2, …), so that paired comparisons
+    complete early; the records come back in plan order (arm, then seed). ``epoch_log``: also log a
+    line per epoch of every run (to stderr from worker processes); ``on_record``: called with each
+    record as its run ends (e.g. to save partial results of a long study)."""
     from recaug_spark.train.data import Vocabulary, pinned_files, read_targets
 
     trainer_cfg = cfg.trainer_config().model_copy(update={"steps_per_epoch": plan.steps_per_epoch})
-    records: list[RunRecord] = []
+    runs = [(arm, seed) for seed in cfg.seeds for arm in plan.arms]
+    records: dict[tuple[str, int], RunRecord] = {}
+
+    def done(arm: Arm, seed: int, result: dict, seconds: float) -> None:
+        records[arm.name, seed] = RunRecord(arm.name, seed, result)
+        if on_record is not None:
+            on_record(records[arm.name, seed])
+        if log is not None:
+            log(f"[train] {len(records)}/{len(runs)} {arm.name} seed {seed}: test {cfg.early_stopping_metric} "
+                f"{result['test'][cfg.early_stopping_metric]:.4f} after {result['epochs_run']} × "
+                f"{result['steps_per_epoch']} steps (best epoch {result['best_epoch']}) in {seconds:.1f}s")
+
     if cfg.num_processes > 1:
         from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -156,41 +176,68 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
         distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=True,
                                        use_gpu=trainer_cfg.device == "cuda")
         payload = trainer_cfg.model_dump_json()
-
-        def fit(arm: Arm, seed: int) -> dict:
-            return distributor.run(train_rank, payload, plan.table_uri, version=plan.version,
-                                   chains=[REAL_CHAIN, *arm.chains], targets_uri=plan.targets_uri,
-                                   targets_version=plan.targets_version, items_uri=plan.items_uri,
-                                   items_version=plan.items_version, seed=seed)
-    else:
-        from recaug_spark.train.trainer import train
-
-        history = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN])
-        targets = read_targets(plan.targets_uri, plan.targets_version)
-        if plan.items_uri is not None:
-            vocabulary = Vocabulary.from_items_table(plan.items_uri, plan.items_version)
-        else:
-            from recaug_spark.train.trainer import _target_items
-
-            vocabulary = Vocabulary.from_files(pinned_files(plan.table_uri, plan.version),
-                                               extra=_target_items(targets, None))
-
-        def fit(arm: Arm, seed: int) -> dict:
-            files = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN, *arm.chains])
-            return train(trainer_cfg, files, targets, targets, history_files=history, vocabulary=vocabulary, seed=seed)
-
-    total = len(plan.arms) * len(cfg.seeds)
-    for arm in plan.arms:
-        for seed in cfg.seeds:
+        for arm, seed in runs:
             started = time.perf_counter()
-            result = fit(arm, seed)
-            records.append(RunRecord(arm.name, seed, result))
-            if log is not None:
-                log(f"[train] {len(records)}/{total} {arm.name} seed {seed}: test {cfg.early_stopping_metric} "
-                    f"{result['test'][cfg.early_stopping_metric]:.4f} after {result['epochs_run']} × "
-                    f"{result['steps_per_epoch']} steps (best epoch {result['best_epoch']}) "
-                    f"in {time.perf_counter() - started:.1f}s")
-    return records
+            result = distributor.run(train_rank, payload, plan.table_uri, version=plan.version,
+                                     chains=[REAL_CHAIN, *arm.chains], targets_uri=plan.targets_uri,
+                                     targets_version=plan.targets_version, items_uri=plan.items_uri,
+                                     items_version=plan.items_version, seed=seed)
+            done(arm, seed, result, time.perf_counter() - started)
+        return [records[arm.name, seed] for arm in plan.arms for seed in cfg.seeds]
+
+    history = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN])
+    targets = read_targets(plan.targets_uri, plan.targets_version)
+    if plan.items_uri is not None:
+        vocabulary = Vocabulary.from_items_table(plan.items_uri, plan.items_version)
+    else:
+        from recaug_spark.train.trainer import _target_items
+
+        vocabulary = Vocabulary.from_files(pinned_files(plan.table_uri, plan.version),
+                                           extra=_target_items(targets, None))
+    shared = (trainer_cfg, plan, history, targets, vocabulary)
+    if cfg.parallel_runs <= 1 or len(runs) <= 1:
+        for arm, seed in runs:
+            started = time.perf_counter()
+            prefix = f"[train] {arm.name} seed {seed}:" if epoch_log and log is not None else None
+            result = _train_local(*shared, arm.chains, seed, prefix, log)
+            done(arm, seed, result, time.perf_counter() - started)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: a fresh interpreter per worker (no forked JVM gateway or torch thread pools)
+        with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(runs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            started = time.perf_counter()
+            futures = {pool.submit(_train_local, *shared, arm.chains, seed,
+                                   f"[train] {arm.name} seed {seed}:" if epoch_log else None): (arm, seed)
+                       for arm, seed in runs}
+            for future in as_completed(futures):
+                arm, seed = futures[future]
+                done(arm, seed, future.result(), time.perf_counter() - started)
+    return [records[arm.name, seed] for arm in plan.arms for seed in cfg.seeds]
+
+
+def _train_local(trainer_cfg, plan: ExperimentPlan, history, targets, vocabulary, chains: Sequence[str], seed: int,
+                 log_prefix: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """One model of an experiment in this process (a worker process when runs are parallel)."""
+    from recaug_spark.train.data import pinned_files
+    from recaug_spark.train.trainer import train
+
+    files = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN, *chains])
+    epoch_log = None
+    if log_prefix is not None:
+        epoch_log = functools.partial(_prefixed, log_prefix, log or _stderr)
+    return train(trainer_cfg, files, targets, targets, history_files=history, vocabulary=vocabulary, seed=seed,
+                 log=epoch_log)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _prefixed(prefix: str, log: Callable[[str], None], line: str) -> None:
+    log(f"{prefix} {line}")
 
 
 # ---------------------------------------------------------------- metrics table
