@@ -8,7 +8,7 @@ import deltalake
 import pytest
 from pyspark.sql import functions as F
 
-from recaug_spark.config import BotConfig, CleanConfig, SplitConfig, load_config
+from recaug_spark.config import CleanConfig, SplitConfig, load_config
 from recaug_spark.runs import RunContext
 from recaug_spark.schemas import (
     EVENTS,
@@ -19,6 +19,7 @@ from recaug_spark.schemas import (
     SEQUENCES,
 )
 from recaug_spark.stages import clean as C
+from recaug_spark.stages import clean_steps as steps
 
 T0 = dt.datetime(2024, 3, 1, 10, 0, 0)
 
@@ -50,80 +51,10 @@ def expected(schema):
     return [(f.name, f.dataType) for f in schema]
 
 
-# ---- 1. duplicates ----------------------------------------------------------------------------
-
-def test_exact_and_near_duplicates(spark):
-    rows = [
-        ev("u", "a", 0), ev("u", "a", 5), ev("u", "a", 30), ev("u", "a", 30),  # near dup at +5, exact at +30
-        ev("u", "a", 2, "cart"),  # another type: its own chain
-        ev("u", "b", 3),  # another item
-        ev("v", "a", 1), ev("v", "a", 9), ev("v", "a", 18),  # a chain: each within 10 s of the previous
-        ev("w", "a", 0, "purchase", quantity=1), ev("w", "a", 0, "purchase", quantity=2),  # not exact: near
-    ]
-    out = by_key(C.mark_duplicates(frame(spark, rows), 10), C.REASON)
-    assert out[("u", "a", 0, "view")] == [None]
-    assert out[("u", "a", 5, "view")] == ["near_duplicate"]
-    assert sorted(out[("u", "a", 30, "view")], key=str) == [None, "exact_duplicate"]
-    assert out[("u", "a", 2, "cart")] == [None] and out[("u", "b", 3, "view")] == [None]
-    assert [out[("v", "a", s, "view")] for s in (1, 9, 18)] == [[None], ["near_duplicate"], ["near_duplicate"]]
-    assert sorted(out[("w", "a", 0, "purchase")], key=str) == [None, "near_duplicate"]
-
-    disabled = by_key(C.mark_duplicates(frame(spark, rows), 0), C.REASON)
-    assert disabled[("u", "a", 5, "view")] == [None]
-    assert sorted(disabled[("u", "a", 30, "view")], key=str) == [None, "exact_duplicate"]
-
-
-# ---- 2. bots ----------------------------------------------------------------------------------
-
-def test_bot_users_by_minute_and_by_day_counted_after_dedup(spark):
-    bots = BotConfig(max_events_per_minute=3, max_events_per_day=5)
-    rows = (
-        [ev("burst", f"i{k}", 50 + 10 * k) for k in range(4)]  # 4 events within 30 s, across a minute edge
-        + [ev("steady", f"i{k}", 30 * k) for k in range(4)]  # never more than 2 in 60 s
-        + [ev("daily", f"i{k}", 3600 * k) for k in range(6)]  # 6 in one day
-        + [ev("two_days", f"i{k}", 3600 * k + 86_400 * (k % 2)) for k in range(10)]  # 5 per day
-        + [ev("dups", f"i{k}", k) for k in range(3)] + [ev("dups", "i0", 0)]  # 3 + an exact duplicate
-        + [ev("basket", f"i{k}", 500, "purchase", 1, 1.0, "o1") for k in range(8)]  # one order's 8 lines: one action
-        + [ev("views_at_once", f"i{k}", 500) for k in range(4)]  # 4 views in one second: 4 actions
-    )
-    df = C.mark_bot_users(C.mark_duplicates(frame(spark, rows), 10), bots)
-    reasons = {(r.user_id, r[C.REASON]) for r in df.select("user_id", C.REASON).distinct().collect()}
-    assert reasons == {
-        ("burst", "bot_user"), ("daily", "bot_user"), ("steady", None), ("two_days", None),
-        ("dups", None), ("dups", "exact_duplicate"),  # the duplicate keeps its first reason
-        ("basket", None), ("views_at_once", "bot_user"),
-    }
-
+# The per-user steps (duplicates, bots, returns netting, sessions) have Spark-free tests in
+# test_clean_steps.py; here: the same steps through Spark, and what only Spark does.
 
 # ---- 3. returns -------------------------------------------------------------------------------
-
-def test_returns_net_against_earlier_purchases_oldest_first(spark):
-    rows = [
-        ev("u", "a", 0, "purchase", 6), ev("u", "a", 100, "return", 2),  # → purchase 4, return netted
-        ev("u", "b", 0, "purchase", 2), ev("u", "b", 100, "return", -2),  # credit-note sign: both go
-        ev("u", "c", 100, "return", 1),  # nothing bought: unmatched
-        ev("u", "d", 50, "return", 1), ev("u", "d", 100, "purchase", 3),  # return before the purchase
-        ev("u", "e", 0, "purchase", 2), ev("u", "e", 10, "purchase", 3), ev("u", "e", 20, "return", 4),  # FIFO
-        ev("u", "f", 0, "purchase", 2), ev("u", "f", 10, "return", 3),  # partly matched
-        ev("u", "g", 0, "purchase", 1), ev("u", "g", 0, "return", 1),  # same timestamp: purchase first
-        ev("v", "a", 100, "return", 1),  # another user's purchase does not count
-    ]
-    out = by_key(C.net_returns(frame(spark, rows)), "quantity", C.REASON)
-    assert out[("u", "a", 0, "purchase")] == [(4, None)]
-    assert out[("u", "a", 100, "return")] == [(2, "return_netted")]
-    assert out[("u", "b", 0, "purchase")] == [(2, "returned")]
-    assert out[("u", "b", 100, "return")] == [(-2, "return_netted")]
-    assert out[("u", "c", 100, "return")] == [(1, "unmatched_return")]
-    assert out[("u", "d", 50, "return")] == [(1, "unmatched_return")]
-    assert out[("u", "d", 100, "purchase")] == [(3, None)]
-    assert out[("u", "e", 0, "purchase")] == [(2, "returned")]  # the oldest goes first
-    assert out[("u", "e", 10, "purchase")] == [(1, None)]
-    assert out[("u", "e", 20, "return")] == [(4, "return_netted")]
-    assert out[("u", "f", 0, "purchase")] == [(2, "returned")]
-    assert out[("u", "f", 10, "return")] == [(3, "unmatched_return")]
-    assert out[("u", "g", 0, "purchase")] == [(1, "returned")] and out[("u", "g", 0, "return")] == [(1, "return_netted")]
-    assert out[("v", "a", 100, "return")] == [(1, "unmatched_return")]
-
 
 def test_returns_kept_untouched_when_netting_is_off(spark):
     rows = [ev("u", "a", 0, "purchase", 6), ev("u", "a", 100, "return", 2), ev("u", "a", 200), ev("u", "b", 300)]
@@ -171,28 +102,6 @@ def test_item_prices_median_then_category_median_then_null(spark):
     assert rows["y"] == (30.0, True)  # median of the category's item prices 20 and 40
     assert rows["w"] == (7.0, False)  # only seen in events
     assert rows["z"] == (None, False) and rows["n"] == (None, False)  # no price, no priced category
-
-
-# ---- 6. sessions ------------------------------------------------------------------------------
-
-def test_sessions_split_on_gaps_longer_than_the_threshold(spark):
-    rows = [ev("u", "a", 0), ev("u", "b", 600), ev("u", "c", 600 + 2400), ev("u", "d", 600 + 2400 + 1800),
-            ev("v", "a", 0)]
-    out = by_key(C.sessionize(frame(spark, rows), 30), "session_id")
-    assert [out[("u", i, s, "view")] for i, s in (("a", 0), ("b", 600), ("c", 3000), ("d", 4800))] == [
-        ["u-1"], ["u-1"], ["u-2"], ["u-2"]  # gaps 10, 40, exactly 30 minutes
-    ]
-    assert out[("v", "a", 0, "view")] == ["v-1"]
-
-
-def test_removed_events_neither_start_nor_bridge_sessions(spark):
-    rows = [ev("u", "a", 0), ev("u", "b", 1500), ev("u", "c", 3000)]  # 25 + 25 minutes
-    df = C.prepare_events(frame(spark, rows)).withColumn(
-        C.REASON, F.when(F.col("item_id") == "b", F.lit("bot_user"))
-    )
-    out = by_key(C.sessionize(df, 30), "session_id")
-    assert out[("u", "a", 0, "view")] == ["u-1"] and out[("u", "b", 1500, "view")] == [None]
-    assert out[("u", "c", 3000, "view")] == ["u-2"]  # the removed event does not bridge a 50 minute gap
 
 
 # ---- 7. k-core --------------------------------------------------------------------------------
@@ -257,11 +166,11 @@ def test_time_fraction_split_cuts_the_time_range(spark):
     span = 9 * day * 1_000_000
     test_start = start + span - span // 10  # 8.1 days in, then 7.2 days in
     assert cutoffs == (test_start - span // 10, test_start)
-    out = by_key(C.assign_split(df, cfg, cutoffs=cutoffs), "split")
+    out = by_key(C.split_events(df, cfg, cutoffs=cutoffs), "split")
     assert [out[("u", f"i{k}", day * k, "view")][0] for k in range(10)] == ["train"] * 8 + ["valid", "test"]
     assert out[("late", "i9", day * 9, "view")] == [None]  # no training history: not evaluated
     with pytest.raises(ValueError, match="cutoffs"):
-        C.assign_split(df, cfg)
+        C.split_events(df, cfg)
 
 
 # ---- reconciliation, plan shape, the stage ----------------------------------------------------
@@ -288,21 +197,32 @@ def test_every_removed_event_has_exactly_one_reason(spark):
     }
 
 
-def test_the_event_steps_shuffle_once_sort_twice_and_make_seven_window_passes(spark):
+def test_the_event_steps_shuffle_once_sort_once_and_make_one_arrow_pass(spark):
     plan = C.annotate_events(frame(spark, MESSY), CleanConfig(), partitions=4)
     physical = plan._jdf.queryExecution().executedPlan().toString()
-    assert physical.count("Exchange ") == 1 and physical.count("Sort [") == 2
-    assert physical.count("Window [") == 7  # the 7th: lag() marking basket lines as one action
+    assert physical.count("Exchange ") == 1 and physical.count("Sort [") == 1
+    assert physical.count("MapInArrow") == 1 and "Window" not in physical
 
 
-def test_fused_passes_match_the_step_by_step_functions(spark):
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_spark_gives_the_rows_the_arrow_steps_give(spark, partitions):
     cfg = CleanConfig()
-    fused = C.clean_events(frame(spark, MESSY), cfg, partitions=2)
-    stepwise = C.mark_duplicates(frame(spark, MESSY), cfg.near_duplicate_seconds)
-    stepwise = C.sessionize(C.mark_bot_users(C.net_returns(stepwise), cfg.bots), cfg.session_gap_minutes, output=C._SESSION)
-    stepwise = C.assign_split(stepwise, cfg)
-    columns = ["user_id", "item_id", "event_type", "ts", "quantity", "order_id", C.REASON, C._SESSION, "split", C._POS]
-    assert sorted(fused.select(columns).collect(), key=repr) == sorted(stepwise.select(columns).collect(), key=repr)
+    through_spark = C.annotate_events(frame(spark, MESSY), cfg, partitions=partitions).toArrow()
+    in_arrow = steps.annotate(steps.sort_in_time_order(frame(spark, MESSY).toArrow()), cfg)
+    columns = [*EVENTS_RAW.fieldNames(), C.REASON, C._SESSION, steps.SEQUENCE_EVENTS, steps.SEQUENCE_RANK]
+    rows = sorted(map(repr, through_spark.select(columns).to_pylist()))
+    assert len(rows) == len(MESSY) and rows == sorted(map(repr, in_arrow.select(columns).to_pylist()))
+
+
+def test_spark_sorts_ties_in_the_order_the_arrow_steps_sort_them(spark):
+    rows = [
+        ev("u", item, 0, event_type, quantity, price, order_id)
+        for item in ("b", "a", "B", "ä") for event_type in ("return", "cart", "view", "purchase", "click")
+        for quantity, price, order_id in ((None, 1.0, "o2"), (2, None, "o1"), (1, 1.0, None), (1, float("nan"), "o1"))
+    ] + [ev("U", "a", 0), ev("u", "a", -1)] + [ev("p", "a", 0, price=p) for p in (1.0, None, float("nan"), -1.0, 0.5)]
+    in_spark = frame(spark, rows).repartition(1).sortWithinPartitions(*C.time_order(frame(spark, rows))).toArrow()
+    in_arrow = steps.sort_in_time_order(frame(spark, rows).toArrow())
+    assert list(map(repr, in_spark.to_pylist())) == list(map(repr, in_arrow.to_pylist()))  # repr: NaN ≠ NaN
 
 
 def write_bronze(ctx, spark):

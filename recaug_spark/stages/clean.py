@@ -1,15 +1,13 @@
 """Clean stage: bronze ``events_raw``/``items_raw`` → silver ``events``, ``items``, ``sequences``,
 ``sequence_targets``.
 
-Every step is a pure DataFrame → DataFrame function, testable on a handful of rows. Removed events
-are never dropped along the way: they carry a reason in the ``_reason`` column (null = kept), so the
-stage reconciles exactly (``rows_in = rows_out + Σ removed.<reason>``) from one ``groupBy`` at the
-end, and each event is counted under exactly one reason.
+The per-user steps are pure functions of Arrow tables (:mod:`recaug_spark.stages.clean_steps`),
+testable without Spark on a handful of rows. Removed events are never dropped along the way: they
+carry a reason in the ``_reason`` column (null = kept), so the stage reconciles exactly
+(``rows_in = rows_out + Σ removed.<reason>``) from one ``groupBy`` at the end, and each event is
+counted under exactly one reason.
 
-Reasons, in precedence order. A step only looks at the events that no earlier step removed, and
-its label overrides a later step's: so returns netting (per user and item) may run before the bot
-rule (per user) — the order with the fewest sorts — and still give the result of the listed
-order, because the bot rule removes whole users.
+Reasons, in precedence order: a step only looks at the events that no earlier step removed.
 
 ==================  =========================================================================
 exact_duplicate     all ``events_raw`` columns equal to another event's (the first copy stays)
@@ -26,13 +24,10 @@ kcore               a user or item left with fewer than ``clean.kcore`` interact
 
 Returns netting is **oldest purchase first** (FIFO): a return of ``q`` units consumes the user's
 earliest not-yet-netted purchases of the same item that happened before it (a purchase at the
-same timestamp counts as before). FIFO makes the consumed purchases a prefix of the purchase
-history, so netting is a closed form of running sums and running minima (window functions, no
-per-row loop): with ``P_k`` the units bought before return ``k``, ``R_k`` the units returned up to
-and including it, the units matched so far are ``M_k = R_k + min(0, min_{j≤k}(P_j − R_j))``; a
-purchase keeps ``q − clamp(M_total − units bought before it, 0, q)`` units. A partly matched return
-still nets what it can; the return row itself is counted as ``unmatched_return``. Null quantities
-count as 1, negative ones (online-retail credit notes) by their absolute value.
+same timestamp counts as before). A partly matched return still nets what it can; the return row
+itself is counted as ``unmatched_return``. Null quantities count as 1, negative ones (online-retail
+credit notes) by their absolute value. Netting is a queue per (user, item), run only for the pairs
+that have a return.
 
 Event order (sequences, sessions, the split) is ``ts`` then a deterministic tie-breaker: item_id,
 event type (view < cart < purchase < return), order_id, quantity, price, source session id,
@@ -55,14 +50,14 @@ is in ``clean.sequence_event_types``, capped to the most recent ``clean.max_sequ
 ``sequences`` holds the training part only; the held-out events go to ``sequence_targets``, a
 separate table, so that later stages cannot read a target by accident.
 
-Performance: the events are shuffled once (hash of user_id) and sorted twice within partitions:
-by (user, item, time) for de-duplication and netting, by (user, day, time) for bots, sessions and
-the split. Every window below is partitioned by user_id plus optional columns and ordered by a
-prefix of those sort keys, so Spark adds no further exchange or sort, and windows that share a
-specification are evaluated together (six window passes in all). The annotated frame (needed
-columns only) is persisted once and feeds the counts and all four tables; ``events`` is
-rebalanced by ``dt`` before its write (one file per day instead of tasks × days small files) and
-``sequences`` is aggregated sort-based on the already sorted users.
+Performance: the events are shuffled once (hash of user_id) and sorted once within partitions,
+in time order; one vectorized Arrow pass over each partition's whole users
+(:mod:`recaug_spark.stages.clean_steps`: numpy and pyarrow compute, no per-row Python except the
+netting queue of (user, item) pairs with a return) computes duplicates, bots, netting, sessions
+and the split's counts. The annotated frame (needed columns only) is persisted once and feeds the
+counts and all four tables; ``events`` is rebalanced by ``dt`` before its write (one file per day
+instead of tasks × days small files) and ``sequences`` is aggregated sort-based on the already
+sorted users.
 """
 
 from __future__ import annotations
@@ -72,266 +67,74 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from functools import reduce
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recaug_spark.config import BotConfig, CleanConfig
+from recaug_spark.config import CleanConfig
 from recaug_spark.runs import RunContext, StageResult
 from recaug_spark.schemas import (
-    EVENT_TYPES,
     EVENTS,
-    EVENTS_RAW,
     ITEMS,
     ITEMS_RAW,
     SEQUENCE_TARGETS,
     SEQUENCES,
 )
+from recaug_spark.stages import clean_steps as steps
 
 STAGE = "clean"
 log = logging.getLogger(__name__)
-REASON = "_reason"
-# One tuple per step, in precedence order; a step sees events untouched by every earlier step.
-STEPS: tuple[tuple[str, ...], ...] = (
-    ("exact_duplicate",),
-    ("near_duplicate",),
-    ("bot_user",),
-    ("returned", "return_netted", "unmatched_return"),
-    ("kcore",),
-)
-REASONS: tuple[str, ...] = tuple(reason for step in STEPS for reason in step)
-_EXACT, _NEAR, _BOT, _NET, _KCORE = range(len(STEPS))
-
-OUTPUT_TABLES = ("events", "items", "sequences", "sequence_targets")
-
-# Helper columns (dropped before writing).
-_TS_US = "_ts_us"  # ts in microseconds since the epoch
-_DAY = "_day"  # UTC day number of ts
-_TYPE_RANK = "_type_rank"
-_SESSION = "_session"  # the computed session id (session_id keeps the source's until the end)
+REASONS = steps.REASONS
+REASON, _SESSION = steps.REASON, steps.SESSION
 _POS = "_seq_pos"  # 1-based position in the user's (capped) sequence
-_TYPE_RANKS = {"view": 0, "cart": 1, "purchase": 2, "return": 3}
-_TIEBREAK = ("order_id", "quantity", "price", "session_id", "country", "device", "source", "dt")
-_RAW_COLUMNS = tuple(EVENTS_RAW.fieldNames())
-_US_PER_DAY = 86_400_000_000
+OUTPUT_TABLES = ("events", "items", "sequences", "sequence_targets")
 # What the outputs need from the annotated events (the persisted frame holds only these).
-_KEPT_COLUMNS = (*[c for c in _RAW_COLUMNS if c != "session_id"], REASON, _SESSION, "split", _POS)
-
-
-# --------------------------------------------------------------------------------------------
-# Order keys and reason bookkeeping
-# --------------------------------------------------------------------------------------------
-
-def prepare_events(df: DataFrame) -> DataFrame:
-    """Add the helper order keys (``_ts_us``, ``_day``, ``_type_rank``) and an empty ``_reason``.
-
-    Idempotent: columns already present are kept. Every step calls it, so each one also works
-    alone on a hand-made frame of ``events_raw`` rows.
-    """
-    if _TS_US not in df.columns:
-        df = df.withColumn(_TS_US, F.unix_micros(F.col("ts")))
-    if _DAY not in df.columns:
-        df = df.withColumn(
-            _DAY, F.expr(f"CAST(({_TS_US} - pmod({_TS_US}, {_US_PER_DAY})) div {_US_PER_DAY} AS INT)")
-        )
-    if _TYPE_RANK not in df.columns:
-        rank = reduce(
-            lambda acc, kv: acc.when(F.col("event_type") == kv[0], kv[1]),
-            list(_TYPE_RANKS.items())[1:],
-            F.when(F.col("event_type") == "view", 0),
-        )
-        df = df.withColumn(_TYPE_RANK, rank.otherwise(len(_TYPE_RANKS)))
-    if REASON not in df.columns:
-        df = df.withColumn(REASON, F.lit(None).cast(T.StringType()))
-    return df
-
-
-def _tiebreak(df: DataFrame) -> list[str]:
-    return [c for c in _TIEBREAK if c in df.columns]
-
-
-def item_order(df: DataFrame) -> list[str]:
-    """Sort key of the per-(user, item) steps: duplicates and returns netting."""
-    return ["user_id", "item_id", "ts", _TYPE_RANK, "event_type", *_tiebreak(df)]
-
-
-def time_order(df: DataFrame) -> list[str]:
-    """Sort key of the per-user time steps: bots, sessions, the split, sequences."""
-    return ["user_id", _DAY, _TS_US, "item_id", _TYPE_RANK, "event_type", *_tiebreak(df)]
-
-
-def _item_window(df: DataFrame):
-    return Window.partitionBy("user_id", "item_id").orderBy(*item_order(df)[2:])
-
-
-def _user_window(df: DataFrame):
-    return Window.partitionBy("user_id").orderBy(*time_order(df)[1:])
-
-
-def _present(step: int) -> Column:
-    """Events not removed by ``step`` or any earlier step (later steps' labels may be overridden)."""
-    later = [reason for s in STEPS[step + 1:] for reason in s]
-    if not later:
-        return F.col(REASON).isNull()
-    return F.col(REASON).isNull() | F.col(REASON).isin(*later)
+_KEPT_COLUMNS = (*[c for c in steps.RAW_COLUMNS if c != "session_id"], REASON, _SESSION, "split", _POS)
 
 
 def _alive() -> Column:
     return F.col(REASON).isNull()
 
 
-def _tag(df: DataFrame, step: int, cases: Sequence[tuple[Column, str]]) -> DataFrame:
-    """Label the present events meeting each condition (first match wins) with its reason."""
-    present = _present(step)
-    expr = None
-    for condition, reason in cases:
-        assert reason in STEPS[step], f"{reason} does not belong to step {STEPS[step]}"
-        hit = present & F.coalesce(condition, F.lit(False))
-        expr = F.when(hit, F.lit(reason)) if expr is None else expr.when(hit, F.lit(reason))
-    return df.withColumn(REASON, expr.otherwise(F.col(REASON)))
+def _ts_us() -> Column:
+    return F.unix_micros(F.col("ts"))
 
 
 # --------------------------------------------------------------------------------------------
-# 1. duplicates
+# 1–3, 6. the per-user steps: one shuffle, one sort, one vectorized Python pass
 # --------------------------------------------------------------------------------------------
 
-def mark_duplicates(df: DataFrame, near_duplicate_seconds: int) -> DataFrame:
-    """Label exact duplicates and near-duplicates (see the module docstring).
-
-    Example::
-
-        # events at t, t+5s, t+30s (same user, item, type), a 10 s window → the t+5s one is
-        # labelled near_duplicate
-        mark_duplicates(events, 10).where("_reason IS NULL")
-    """
-    df = prepare_events(df)
-    w = _item_window(df)
-    compared = [c for c in _RAW_COLUMNS if c in df.columns and c not in ("user_id", "item_id")]
-    # Rows are sorted by every column, so an exact copy directly follows its original: one lag of
-    # a struct (null-safe equality compares nulls and NaNs as equal) finds it.
-    record = F.struct(*compared)
-    columns = {"_same": record.eqNullSafe(F.lag(record).over(w))}
-    if near_duplicate_seconds > 0:
-        # The previous event of the row's own type that no earlier step removed. Exact copies need
-        # no exclusion: a copy has its original's timestamp and type and follows it, so it never
-        # changes that previous timestamp. Both windows therefore run in one pass.
-        before = w.rowsBetween(Window.unboundedPreceding, -1)
-        present = _present(_EXACT)
-        previous_ts = None
-        for event_type in EVENT_TYPES:
-            last = F.last(F.when(present & (F.col("event_type") == event_type), F.col(_TS_US)), ignorenulls=True)
-            case = (F.col("event_type") == event_type, last.over(before))
-            previous_ts = F.when(*case) if previous_ts is None else previous_ts.when(*case)
-        columns["_near"] = (F.col(_TS_US) - previous_ts) <= F.lit(int(near_duplicate_seconds) * 1_000_000)
-    df = _tag(df.withColumns(columns), _EXACT, [(F.col("_same"), "exact_duplicate")])
-    if near_duplicate_seconds > 0:
-        df = _tag(df, _NEAR, [(F.col("_near"), "near_duplicate")])
-    return df.drop(*columns)
+def _type_rank() -> Column:
+    ranks = list(steps.TYPE_RANKS.items())
+    rank = F.when(F.col("event_type") == ranks[0][0], ranks[0][1])
+    for event_type, value in ranks[1:]:
+        rank = rank.when(F.col("event_type") == event_type, value)
+    return rank.otherwise(len(ranks))
 
 
-# --------------------------------------------------------------------------------------------
-# 2. bots
-# --------------------------------------------------------------------------------------------
-
-def _with_bursts(df: DataFrame, bots: BotConfig) -> DataFrame:
-    """Add ``_burst`` (1 on an event that ends a too-busy minute or lies in a too-busy day).
-
-    Rates count *actions*: the lines of one order at one instant (an invoice of 80 items) are one
-    action, so a shop's wholesale customers are not taken for bots; events without an order
-    (views) are one action each.
-    """
-    day = Window.partitionBy("user_id", _DAY).orderBy(_TS_US)  # one spec: all counts in one pass
-    same_order_line = (F.lag(_TS_US).over(day) == F.col(_TS_US)) & (F.lag("order_id").over(day) == F.col("order_id"))
-    action = (_present(_BOT) & ~F.coalesce(same_order_line, F.lit(False))).cast("int")
-    in_minute = day.rangeBetween(-59_999_999, 0)
-    in_day = day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    burst = (F.sum(action).over(in_minute) > bots.max_events_per_minute) | (
-        F.sum(action).over(in_day) > bots.max_events_per_day
-    )
-    return df.withColumn("_burst", (_present(_BOT) & burst).cast("int"))
+def time_order(df: DataFrame) -> list[Column]:
+    """The sort key of the per-user pass (``steps.sort_in_time_order`` is the same order)."""
+    tiebreak = [F.col(c) for c in steps.TIEBREAK if c in df.columns]
+    return [F.col("user_id"), F.col("ts"), F.col("item_id"), _type_rank(), F.col("event_type"), *tiebreak]
 
 
-def _bot_user(df: DataFrame) -> Column:
-    """True on every event of a user with a burst (over the user window, so it can share a pass)."""
-    return F.max("_burst").over(_user_window(df).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)) > 0
+def _per_user_pass(df: DataFrame, cfg: CleanConfig, *, remove: bool, partitions: int | None) -> DataFrame:
+    """Shuffle by user, sort in time order, run :func:`steps.annotate` on whole users."""
+    df = df.repartition(partitions, "user_id") if partitions else df.repartition("user_id")
+    df = df.sortWithinPartitions(*time_order(df))
+    outputs = [
+        T.StructField(REASON, T.StringType()), T.StructField(_SESSION, T.StringType()),
+        T.StructField(steps.SEQUENCE_EVENTS, T.LongType()), T.StructField(steps.SEQUENCE_RANK, T.LongType()),
+    ]
+    schema = T.StructType([f for f in df.schema if f.name not in {f.name for f in outputs}] + outputs)
 
+    def annotate_partition(batches):
+        for table in steps.whole_users(batches):
+            yield from steps.annotate(table, cfg, remove=remove).to_batches()
 
-def mark_bot_users(df: DataFrame, bots: BotConfig) -> DataFrame:
-    """Label every present event of a user whose activity exceeds the per-minute or per-day cap.
-
-    Per minute: more than ``max_events_per_minute`` events within any 60-second span of one UTC
-    day (a sliding window ending at each event). Per day: more than ``max_events_per_day`` events
-    in one UTC day. Only events no duplicate rule removed are counted.
-    """
-    df = _with_bursts(prepare_events(df), bots)
-    return _tag(df, _BOT, [(_bot_user(df), "bot_user")]).drop("_burst")
-
-
-# --------------------------------------------------------------------------------------------
-# 3. returns netting
-# --------------------------------------------------------------------------------------------
-
-def net_returns(df: DataFrame) -> DataFrame:
-    """Net each return against the same user's earlier purchases of the item, oldest first.
-
-    Purchases keep their remaining quantity (``returned`` when nothing remains), returns are
-    labelled ``return_netted`` (fully matched) or ``unmatched_return``.
-
-    Example::
-
-        # purchase 6 then return 2 → the purchase keeps quantity 4, the return is return_netted
-        net_returns(events).select("event_type", "quantity", "_reason")
-    """
-    df = prepare_events(df)
-    w = _item_window(df)
-    running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    before = w.rowsBetween(Window.unboundedPreceding, -1)
-    whole = w.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    present = _present(_NET)
-    units = F.coalesce(F.abs(F.col("quantity")), F.lit(1)).cast("long")
-    is_purchase = present & (F.col("event_type") == "purchase")
-    is_return = present & (F.col("event_type") == "return")
-    bought, returned = F.when(is_purchase, units).otherwise(0), F.when(is_return, units).otherwise(0)
-
-    # withColumns: one projection, so Spark evaluates same-window functions in one pass.
-    df = df.withColumns({
-        "_units": units,
-        "_bought": F.sum(bought).over(running),  # units bought up to this row
-        "_returned": F.sum(returned).over(running),  # units returned up to this row
-        "_returned_all": F.sum(returned).over(whole),
-    })
-    slack = F.when(is_return, F.col("_bought") - F.col("_returned"))  # P_k − R_k at returns only
-    df = df.withColumns({
-        "_min_run": F.min(slack).over(running),
-        "_min_before": F.min(slack).over(before),
-        "_min_all": F.min(slack).over(whole),
-    })
-
-    def matched(returned_units: Column, minimum: Column) -> Column:
-        return returned_units + F.least(F.lit(0), F.coalesce(minimum, F.lit(0)))
-
-    matched_now = matched(F.col("_returned"), F.col("_min_run"))
-    matched_before = matched(F.col("_returned") - F.when(is_return, F.col("_units")).otherwise(0), F.col("_min_before"))
-    matched_total = matched(F.col("_returned_all"), F.col("_min_all"))
-    consumed = F.least(F.col("_units"), F.greatest(F.lit(0), matched_total - (F.col("_bought") - F.col("_units"))))
-    df = df.withColumn("_consumed", F.when(is_purchase, consumed).otherwise(0)).withColumn(
-        "_matched", F.when(is_return, matched_now - matched_before)
-    )
-    reduced = is_purchase & (F.col("_consumed") > 0) & (F.col("_consumed") < F.col("_units"))
-    df = df.withColumn(
-        "quantity",
-        F.when(reduced, (F.col("_units") - F.col("_consumed")).cast("int")).otherwise(F.col("quantity")),
-    )
-    df = _tag(df, _NET, [
-        (is_purchase & (F.col("_consumed") > 0) & (F.col("_consumed") >= F.col("_units")), "returned"),
-        (is_return & (F.col("_matched") >= F.col("_units")), "return_netted"),
-        (is_return, "unmatched_return"),
-    ])
-    return df.drop("_units", "_bought", "_returned", "_returned_all", "_min_run", "_min_before", "_min_all",
-                   "_consumed", "_matched")
+    return df.mapInArrow(annotate_partition, schema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,60 +161,22 @@ def kcore_pairs(interactions: DataFrame, k: int) -> DataFrame:
 
 
 def mark_kcore(df: DataFrame, k: int, event_types: Sequence[str]) -> DataFrame:
-    """Label the present events of users and items outside the ``k``-core of interactions.
+    """Label the kept events of users and items outside the ``k``-core of interactions.
 
-    Interactions are the present events whose type is in ``event_types`` (counted with
-    multiplicity). Every present event (of any type) of a dropped user or item is labelled.
+    Interactions are the kept events whose type is in ``event_types`` (counted with
+    multiplicity). Every kept event (of any type) of a dropped user or item is labelled.
     """
-    df = prepare_events(df)
+    if REASON not in df.columns:
+        df = df.withColumn(REASON, F.lit(None).cast(T.StringType()))
     if k <= 0:
         return df
-    present = _present(_KCORE)
-    pairs = kcore_pairs(df.where(present & F.col("event_type").isin(*event_types)).select("user_id", "item_id"), k)
+    pairs = kcore_pairs(df.where(_alive() & F.col("event_type").isin(*event_types)).select("user_id", "item_id"), k)
     users = pairs.select("user_id").distinct().withColumn("_core_user", F.lit(True))
     items = pairs.select("item_id").distinct().withColumn("_core_item", F.lit(True))
     df = df.join(users, "user_id", "left").join(items, "item_id", "left")
-    outside = F.col("_core_user").isNull() | F.col("_core_item").isNull()
-    return _tag(df, _KCORE, [(outside, "kcore")]).drop("_core_user", "_core_item")
-
-
-# --------------------------------------------------------------------------------------------
-# 6. sessions
-# --------------------------------------------------------------------------------------------
-
-def sessionize(df: DataFrame, gap_minutes: int, *, output: str = "session_id") -> DataFrame:
-    """``output`` = ``"<user_id>-<n>"`` for kept events (null for removed ones).
-
-    A new session starts with a user's first kept event and after every gap of more than
-    ``gap_minutes`` minutes between consecutive kept events.
-
-    Example::
-
-        # gaps of 10 and 40 minutes with a 30 minute threshold → sessions u-1, u-1, u-2
-        sessionize(events, 30).select("ts", "session_id")
-    """
-    df = prepare_events(df)
-    df = df.withColumn("_previous_ts", _previous_kept_ts(df))
-    df = df.withColumn("_new_session", _new_session(gap_minutes))
-    return df.withColumn(output, _session_id(df)).drop("_previous_ts", "_new_session")
-
-
-def _previous_kept_ts(df: DataFrame) -> Column:
-    """The timestamp of the user's previous kept event (a window over the user's history)."""
-    before = _user_window(df).rowsBetween(Window.unboundedPreceding, -1)
-    return F.last(F.when(_alive(), F.col(_TS_US)), ignorenulls=True).over(before)
-
-
-def _new_session(gap_minutes: int) -> Column:
-    gap_us = F.lit(int(gap_minutes) * 60_000_000)
-    previous = F.col("_previous_ts")
-    return (_alive() & (previous.isNull() | ((F.col(_TS_US) - previous) > gap_us))).cast("int")
-
-
-def _session_id(df: DataFrame) -> Column:
-    """``"<user_id>-<n>"``: n = the running count of ``_new_session`` (null for removed events)."""
-    ordinal = F.sum("_new_session").over(_user_window(df).rowsBetween(Window.unboundedPreceding, Window.currentRow))
-    return F.when(_alive(), F.concat(F.col("user_id"), F.lit("-"), ordinal.cast("string")))
+    outside = _alive() & (F.col("_core_user").isNull() | F.col("_core_item").isNull())
+    return df.withColumn(REASON, F.when(outside, F.lit("kcore")).otherwise(F.col(REASON))).drop(
+        "_core_user", "_core_item")
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,10 +186,9 @@ def _session_id(df: DataFrame) -> Column:
 def time_cutoffs(df: DataFrame, cfg: CleanConfig) -> tuple[int, int] | None:
     """``(valid_start_us, test_start_us)`` for ``time_fraction``: cuts of the kept sequence events'
     time range. ``None`` when there is no such event. One small aggregation (an action)."""
-    df = prepare_events(df)
     row = (
         df.where(_alive() & F.col("event_type").isin(*cfg.sequence_event_types))
-        .agg(F.min(_TS_US).alias("lo"), F.max(_TS_US).alias("hi"))
+        .agg(F.min(_ts_us()).alias("lo"), F.max(_ts_us()).alias("hi"))
         .first()
     )
     if row is None or row.lo is None:
@@ -435,32 +199,8 @@ def time_cutoffs(df: DataFrame, cfg: CleanConfig) -> tuple[int, int] | None:
     return valid_start, test_start
 
 
-def assign_split(df: DataFrame, cfg: CleanConfig, *, cutoffs: tuple[int, int] | None = None) -> DataFrame:
-    """Add ``split`` ('train' / 'valid' / 'test', null for events outside sequences) and ``_seq_pos``.
-
-    ``cutoffs`` (from :func:`time_cutoffs`) is required for ``time_fraction``.
-
-    Example::
-
-        # leave_one_out: a user with 5 view events → 3 train, the 4th valid, the 5th test
-        assign_split(events, CleanConfig()).select("ts", "split")
-    """
-    df = prepare_events(df)
-    return _split_labels(df.withColumns(_split_counts(df, cfg)), cfg, cutoffs)
-
-
 def _is_sequence_event(cfg: CleanConfig) -> Column:
     return (_alive() & F.col("event_type").isin(*cfg.sequence_event_types)).cast("int")
-
-
-def _split_counts(df: DataFrame, cfg: CleanConfig) -> dict[str, Column]:
-    """``_n`` (the user's sequence events) and ``_k`` (the running count): one pass over the user."""
-    w = _user_window(df)
-    is_seq = _is_sequence_event(cfg)
-    return {
-        "_n": F.sum(is_seq).over(w.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)),
-        "_k": F.sum(is_seq).over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow)),
-    }
 
 
 def _split_labels(df: DataFrame, cfg: CleanConfig, cutoffs: tuple[int, int] | None) -> DataFrame:
@@ -484,13 +224,13 @@ def _split_labels(df: DataFrame, cfg: CleanConfig, cutoffs: tuple[int, int] | No
     valid_start, test_start = cutoffs
     raw_split = (
         F.when(~in_sequence, F.lit(None).cast("string"))
-        .when(F.col(_TS_US) >= F.lit(test_start), "test")
-        .when(F.col(_TS_US) >= F.lit(valid_start), "valid")
+        .when(_ts_us() >= F.lit(test_start), "test")
+        .when(_ts_us() >= F.lit(valid_start), "valid")
         .otherwise("train")
     )
     df = df.withColumn("split", raw_split)
     train_events = F.sum((F.col("split") == "train").cast("int")).over(
-        _user_window(df).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        Window.partitionBy("user_id")
     )
     not_evaluated = F.col("split").isin("valid", "test") & (train_events < F.lit(split_cfg.min_train_items))
     df = df.withColumn("split", F.when(not_evaluated, F.lit(None).cast("string")).otherwise(F.col("split")))
@@ -611,35 +351,32 @@ def removal_counts(df: DataFrame) -> dict[str, int]:
 
 
 def annotate_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None = None) -> DataFrame:
-    """Steps 1–3, 6–7 on ``events_raw`` rows: every input row comes out once, with ``_reason``,
-    the computed session id in ``_session`` (null for removed rows), and ``_n``/``_k`` for
-    :func:`split_events`.
+    """The removal steps and sessions on ``events_raw`` rows: every input row comes out once, with
+    ``_reason``, the computed session id in ``_session`` (null for removed rows), and ``_n``/``_k``
+    for :func:`split_events`.
 
-    One shuffle (hash of user_id), two sorts within partitions and six window passes: the
-    functions above, fused where their windows share a specification. Bots, sessions and the
-    split's counts share passes because a bot user loses all its events: computing another user's
-    sessions before or after the bot rule gives the same result. ``clean.kcore`` > 0 runs the
-    steps one by one instead (a few small actions and one more sort).
+    One shuffle (hash of user_id), one sort within partitions and one vectorized pass over whole
+    users (:func:`recaug_spark.stages.clean_steps.annotate`). ``clean.kcore`` > 0 adds the k-core
+    rounds and a second per-user pass for the sessions and counts of the events left.
     """
-    df = df.repartition(partitions, "user_id") if partitions else df.repartition("user_id")
-    df = prepare_events(df)  # after the shuffle: the helper columns need not travel
-    df = mark_duplicates(df.sortWithinPartitions(*item_order(df)), cfg.near_duplicate_seconds)
-    if cfg.net_returns:
-        df = net_returns(df)
-    df = df.sortWithinPartitions(*time_order(df))
+    df = _per_user_pass(df, cfg, remove=True, partitions=partitions)
     if cfg.kcore > 0:
-        df = mark_kcore(mark_bot_users(df, cfg.bots), cfg.kcore, cfg.sequence_event_types)
-        df = sessionize(df.sortWithinPartitions(*time_order(df)), cfg.session_gap_minutes, output=_SESSION)
-        return df.withColumns(_split_counts(df, cfg))
-    df = _with_bursts(df, cfg.bots)  # pass: (user, day)
-    df = df.withColumns({"_bot": _bot_user(df), "_previous_ts": _previous_kept_ts(df)})  # pass: user
-    df = _tag(df, _BOT, [(F.col("_bot"), "bot_user")]).withColumn("_new_session", _new_session(cfg.session_gap_minutes))
-    df = df.withColumns({_SESSION: _session_id(df), **_split_counts(df, cfg)})  # pass: user
-    return df.drop("_burst", "_bot", "_previous_ts", "_new_session")
+        df = mark_kcore(df.drop(_SESSION, steps.SEQUENCE_EVENTS, steps.SEQUENCE_RANK), cfg.kcore,
+                        cfg.sequence_event_types)
+        df = _per_user_pass(df, cfg, remove=False, partitions=partitions)
+    return df
 
 
 def split_events(df: DataFrame, cfg: CleanConfig, *, cutoffs: tuple[int, int] | None = None) -> DataFrame:
-    """``split`` and ``_seq_pos`` on :func:`annotate_events`' output (see :func:`assign_split`)."""
+    """Add ``split`` ('train' / 'valid' / 'test', null for events outside sequences) and ``_seq_pos``
+    to :func:`annotate_events`' output. ``cutoffs`` (from :func:`time_cutoffs`) is required for
+    ``time_fraction``.
+
+    Example::
+
+        # leave_one_out: a user with 5 view events → 3 train, the 4th valid, the 5th test
+        split_events(annotate_events(events_raw, CleanConfig()), CleanConfig()).select("ts", "split")
+    """
     return _split_labels(df, cfg, cutoffs)
 
 
