@@ -217,3 +217,23 @@ def test_whole_users_never_splits_a_user_across_tables():
     whole = S.annotate(ordered, CleanConfig())
     pieces = pa.concat_tables([S.annotate(t, CleanConfig()) for t in tables])
     assert pieces.equals(whole)  # batching does not change a single value
+
+
+# ---- sequences --------------------------------------------------------------------------------
+
+def test_sequences_cut_each_users_events_into_lists_in_order():
+    rows = table([ev("a", "x", 0), ev("a", "y", 60, "cart"), ev("b", "z", 5), ev("c", "x", 1), ev("c", "z", 2)])
+    result = S.sequences_of(S.sort_in_time_order(rows)).to_pylist()
+    assert [(r["user_id"], r["item_ids"], r["event_types"], r["length"]) for r in result] == [
+        ("a", ["x", "y"], ["view", "cart"], 2), ("b", ["z"], ["view"], 1), ("c", ["x", "z"], ["view", "view"], 2),
+    ]
+    assert [t.replace(tzinfo=None) for t in result[0]["timestamps"]] == [T0, T0 + dt.timedelta(seconds=60)]
+    assert result[0]["countries"] == ["gb", "gb"] and result[2]["session_ids"] == [None, None]
+
+
+def test_sequences_refuse_users_out_of_order():
+    rows = table([ev("b", "x", 0), ev("a", "y", 1)])
+    with pytest.raises(ValueError, match="ascending user_id"):
+        S.sequences_of(rows)
+    with pytest.raises(ValueError, match="ascending user_id"):
+        S.sequences_of(table([ev("a", "x", 0), ev("b", "y", 1), ev("a", "z", 2)]))

@@ -56,8 +56,8 @@ in time order; one vectorized Arrow pass over each partition's whole users
 netting queue of (user, item) pairs with a return) computes duplicates, bots, netting, sessions
 and the split's counts. The annotated frame (needed columns only) is persisted once and feeds the
 counts and all four tables; ``events`` is rebalanced by ``dt`` before its write (one file per day
-instead of tasks × days small files) and ``sequences`` is aggregated sort-based on the already
-sorted users.
+instead of tasks × days small files) and ``sequences`` are cut from the already clustered,
+time-ordered users by a second Arrow pass (no shuffle, no sort).
 """
 
 from __future__ import annotations
@@ -238,24 +238,27 @@ def _split_labels(df: DataFrame, cfg: CleanConfig, cutoffs: tuple[int, int] | No
 
 
 def build_sequences(df: DataFrame, *, session_column: str = "session_id") -> DataFrame:
-    """One row per user with a training part: the time-ordered arrays of their 'train' events."""
-    ordered = F.array_sort(
-        F.collect_list(F.struct(
-            F.col(_POS).alias("pos"), F.col("item_id"), F.col("ts"), F.col("event_type"),
-            F.col(session_column).alias("session_id"), F.col("country"), F.col("device"),
-        ))
+    """One row per user with a training part: the time-ordered arrays of their 'train' events.
+
+    ``df`` must be in the per-user pass's layout (:func:`annotate_events`' output, or a filter or
+    projection of it): each user in one partition, rows in time order. The arrays are then cut
+    from each partition in one Arrow pass, with no shuffle or sort (a user out of order raises).
+    """
+    train = df.where(F.col("split") == "train").select(
+        "user_id", "item_id", "ts", "event_type", F.col(session_column).alias("session_id"), "country", "device",
     )
-    grouped = df.where(F.col("split") == "train").groupBy("user_id").agg(ordered.alias("_events"))
-    return conform(grouped.select(
-        "user_id",
-        F.col("_events.item_id").alias("item_ids"),
-        F.col("_events.ts").alias("timestamps"),
-        F.col("_events.event_type").alias("event_types"),
-        F.col("_events.session_id").alias("session_ids"),
-        F.col("_events.country").alias("countries"),
-        F.col("_events.device").alias("devices"),
-        F.size("_events").alias("length"),
-    ), SEQUENCES)
+
+    def sequences_of_partition(batches):
+        last_user = None
+        for table in steps.whole_users(batches):
+            sequences = steps.sequences_of(table)
+            first = sequences["user_id"][0].as_py()
+            if last_user is not None and first <= last_user:  # str order = Spark's for these ids
+                raise ValueError(f"build_sequences: user {first!r} after {last_user!r}: input not in per-user order")
+            last_user = sequences["user_id"][-1].as_py()
+            yield from sequences.to_batches()
+
+    return conform(train.mapInArrow(sequences_of_partition, SEQUENCES), SEQUENCES)
 
 
 def build_targets(df: DataFrame) -> DataFrame:
@@ -407,22 +410,6 @@ def _per_user_counts(kept_events: DataFrame):
 
 
 @contextmanager
-def _session_conf(spark, settings: dict[str, str]):
-    """Planner settings for one write (they change plans, never results), restored afterwards."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
-
-
-@contextmanager
 def _timed(what: str):
     start = time.perf_counter()
     yield
@@ -516,10 +503,7 @@ def run_clean(ctx: RunContext) -> StageResult:
         written = {}
         for name, df, partition_by in (("events", events, ["dt"]), ("items", items, []),
                                        ("sequences", sequences, []), ("sequence_targets", targets, [])):
-            # The annotated events are already clustered and sorted by user: a sort-based
-            # aggregation builds the sequences without the hash aggregate's re-sort.
-            hint = {"spark.sql.execution.replaceHashWithSortAgg": "true"} if name == "sequences" else {}
-            with _timed(f"write {name}"), _session_conf(ctx.spark, hint):
+            with _timed(f"write {name}"):
                 written[name] = warehouse.write(name, df, partition_by=partition_by, **write)
     finally:
         tagged.unpersist()

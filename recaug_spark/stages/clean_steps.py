@@ -127,6 +127,32 @@ def annotate(table: pa.Table, cfg: CleanConfig, *, remove: bool = True) -> pa.Ta
     return _with_outputs(table, reason, quantity, ordinal, per_user[user], running)
 
 
+SEQUENCE_FIELDS = (  # sequences list column ← event column
+    ("item_ids", "item_id"), ("timestamps", "ts"), ("event_types", "event_type"),
+    ("session_ids", "session_id"), ("countries", "country"), ("devices", "device"),
+)
+
+
+def sequences_of(table: pa.Table) -> pa.Table:
+    """One row per user of ``table`` (whole users in time order): ``user_id``, a list column per
+    :data:`SEQUENCE_FIELDS` holding the user's events in order, and ``length``.
+
+    Raises when a user's rows are not adjacent, or users are not in ascending order (the input
+    was not in the per-user pass's order).
+    """
+    table = table.combine_chunks()
+    user, starts = _runs(table["user_id"])
+    users = table["user_id"].take(pa.array(starts))
+    if len(users) > 1 and pc.any(pc.less_equal(users.slice(1), users.slice(0, len(users) - 1))).as_py():
+        raise ValueError("sequences_of needs whole users in ascending user_id order (the per-user pass's order)")
+    offsets = pa.array(np.append(starts, table.num_rows), pa.int32())
+    columns = {"user_id": users}
+    for name, source in SEQUENCE_FIELDS:
+        columns[name] = pa.ListArray.from_arrays(offsets, table[source].combine_chunks())
+    columns["length"] = pa.array(np.diff(np.append(starts, table.num_rows)), pa.int32())
+    return pa.table(columns)
+
+
 # --------------------------------------------------------------------------------------------
 # Steps
 # --------------------------------------------------------------------------------------------

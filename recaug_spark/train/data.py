@@ -402,11 +402,13 @@ class SequenceTrainingData:
 
         generator = torch.Generator().manual_seed(_seed(seed, epoch, rank))
         n = len(self)
-        steps = self.num_batches(batch_size) if steps is None else steps
+        natural = self.num_batches(batch_size)
+        steps = natural if steps is None else steps
         if n == 0:
             return
         order = torch.randperm(n, generator=generator).numpy()
-        while len(order) < steps * batch_size and len(order) < n * (steps + 1):
+        # One pass ends with a short batch (as the reference does); only extra steps take more passes.
+        while steps > natural and len(order) < steps * batch_size:
             order = np.concatenate([order, torch.randperm(n, generator=generator).numpy()])
         for step in range(steps):
             rows = order[step * batch_size:(step + 1) * batch_size]
