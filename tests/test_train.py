@@ -277,6 +277,70 @@ def test_models_share_one_interface_and_are_causal(name):
         build_model("bert4rec", 20)
 
 
+def test_sasrec_gives_the_same_outputs_when_all_padding_leading_columns_are_cut():
+    from recaug_spark.train.models import bce_loss, build_model, trim_leading_padding
+
+    torch.manual_seed(0)
+    model = build_model("sasrec", 30, hidden=16, blocks=2, heads=2, max_len=8, dropout=0.0, attention_dropout=0.0)
+    x = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5], [0, 0, 0, 1, 2, 3, 4, 6], [0, 0, 0, 0, 0, 0, 0, 7]])
+    positives = torch.roll(x, -1, 1) * (x > 0)
+    negatives = (positives > 0) * 11
+    offset, (cut, cut_positives, cut_negatives) = trim_leading_padding(model, x, positives, negatives)
+    assert offset == 3 and cut.tolist() == x[:, 3:].tolist() and cut_positives.shape == (3, 5)
+    model.eval()
+    full, trimmed = model(x), model(cut, position_offset=3)
+    real = x[:, 3:] > 0
+    assert torch.allclose(full[:, 3:][real], trimmed[real], atol=1e-5)
+    assert torch.allclose(model.score_all(x), model.score_all(cut, position_offset=3), atol=1e-5)
+    # the position embeddings matter: without the offset the outputs differ
+    assert not torch.allclose(model.score_all(x), model.score_all(cut), atol=1e-3)
+    untrimmed_loss = _loss_without_trimming(model, x, positives, negatives)
+    assert bce_loss(model, x, positives, negatives).item() == pytest.approx(untrimmed_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="max_len"):
+        model(cut, position_offset=4)
+    gru = build_model("gru4rec", 30, hidden=16, max_len=8)
+    assert trim_leading_padding(gru, x)[0] == 0  # a GRU reads padding: never cut
+
+
+def _loss_without_trimming(model, x, positives, negatives) -> float:
+    hidden = model(x)
+    logits = (hidden * model.item_embedding(positives)).sum(-1), (hidden * model.item_embedding(negatives)).sum(-1)
+    is_target = (positives > 0).float()
+    losses = -torch.nn.functional.logsigmoid(logits[0]) - torch.nn.functional.logsigmoid(-logits[1])
+    return ((losses * is_target).sum() / is_target.sum()).item()
+
+
+def test_evaluation_in_length_order_gives_each_user_the_ranks_of_the_plain_order():
+    from recaug_spark.train.data import Sequences
+    from recaug_spark.train.models import build_model
+    from recaug_spark.train.trainer import evaluate
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 12, size=40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = rng.integers(1, 31, size=int(offsets[-1]))
+    vocab = Vocabulary([f"i{i}" for i in range(1, 31)])
+    users = [f"u{u:02d}" for u in range(40)]
+    histories = Sequences(keys=pa.array(users), offsets=offsets, items=items)
+    targets = pa.table({"user_id": users, "split": ["valid"] * 40,
+                        "item_id": [f"i{i}" for i in rng.integers(1, 31, size=40)]})
+    eval_set = EvalSet.build(histories, targets, vocab, max_len=8, split="valid")
+    order = [idx.tolist() for idx, *_ in eval_set.batches(7, by_length=True)]
+    assert sorted(sum(order, [])) == list(range(40))
+    widths = [int((eval_set.inputs[idx] != 0).sum(1).max()) for idx in order]
+    assert widths == sorted(widths)
+    torch.manual_seed(1)
+    model = build_model("sasrec", 30, hidden=16, blocks=2, heads=2, max_len=8)
+    cfg = TrainConfig(eval_batch_size=7, ks=[1, 5, 10])
+    by_length = evaluate(model, eval_set, cfg, torch.device("cpu"), groups=True)
+    # the reference: plain order, whole rows (trimming switched off)
+    model.ignores_leading_padding = False
+    plain = evaluate(model, eval_set, cfg, torch.device("cpu"), groups=True)
+    assert by_length.keys() == plain.keys()
+    for key in plain:
+        assert by_length[key] == pytest.approx(plain[key], abs=1e-9), key
+
+
 # ---------------------------------------------------------------- training
 
 def test_sasrec_learns_a_deterministic_pattern_and_same_seed_gives_same_metrics(synthetic, tmp_path):

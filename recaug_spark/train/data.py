@@ -439,10 +439,16 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def batches(self, batch_size: int):
-        """(indices, inputs, targets, padded history [B, H]) numpy arrays."""
+    def batches(self, batch_size: int, *, by_length: bool = False):
+        """(indices, inputs, targets, padded history [B, H]) numpy arrays.
+
+        ``by_length``: users in order of input length (ties by position), so that each batch holds
+        sequences of similar length and a model that ignores leading padding runs it at its own
+        width; ``indices`` say where each row belongs.
+        """
+        order = np.argsort((self.inputs != 0).sum(1), kind="stable") if by_length else np.arange(len(self))
         for start in range(0, len(self), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(self)))
+            idx = order[start:start + batch_size]
             offsets, items = _gather(self.history_offsets, self.history_items, idx)
             width = max(int(np.diff(offsets).max()) if len(idx) else 1, 1)
             history = _tails(offsets, items, width)

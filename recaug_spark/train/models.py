@@ -9,6 +9,12 @@ mask token) and offers:
 * ``score_all(input_ids) -> [B, N + 1]`` — logits of every item (column 0 = padding) after the
   last position, for full ranking.
 
+A model whose ``ignores_leading_padding`` is true (SASRec) gives the same outputs at real positions
+when columns that are padding in every row are cut from the left of a batch, provided
+``position_offset`` says how many were cut (:func:`trim_leading_padding` does both): a batch of
+short sequences then costs its own width, not ``max_len``. A GRU reads padding as input, so
+GRU4Rec always gets whole rows.
+
 ``bce_loss`` is the training objective of SASRec as in S3-Rec/ICLRec: binary cross-entropy of the
 positive next item against one sampled negative per position, over positions with a target.
 
@@ -38,13 +44,19 @@ _ATTENTION_MASKED = -10_000.0  # additive mask as in the reference code (a fully
 
 class SequentialRecommender(nn.Module):
     n_items: int
+    ignores_leading_padding = False
 
     def item_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.item_embeddings(ids)
 
-    def score_all(self, input_ids: torch.Tensor) -> torch.Tensor:
-        last = self.forward(input_ids)[:, -1, :]
+    def score_all(self, input_ids: torch.Tensor, *, position_offset: int = 0) -> torch.Tensor:
+        last = self._forward(input_ids, position_offset)[:, -1, :]
         return last @ self.item_embeddings.weight[: self.n_items + 1].T
+
+    def _forward(self, input_ids: torch.Tensor, position_offset: int) -> torch.Tensor:
+        if position_offset:
+            return self.forward(input_ids, position_offset=position_offset)
+        return self.forward(input_ids)
 
 
 class _SelfAttention(nn.Module):
@@ -91,7 +103,14 @@ class _Block(nn.Module):
 
 
 class SASRec(SequentialRecommender):
-    """Self-attentive sequential recommendation (see the module docstring)."""
+    """Self-attentive sequential recommendation (see the module docstring).
+
+    Padding keys are masked out of attention and every other layer is position-wise, so leading
+    columns that are padding in every row can be cut (``ignores_leading_padding``): with
+    ``position_offset`` = the number cut, real positions keep their position embeddings and outputs.
+    """
+
+    ignores_leading_padding = True
 
     def __init__(self, n_items: int, hidden: int = 64, blocks: int = 2, heads: int = 2, max_len: int = 50,
                  dropout: float = 0.5, attention_dropout: float = 0.5):
@@ -104,10 +123,12 @@ class SASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(_Block(hidden, heads, dropout, attention_dropout) for _ in range(blocks))
         self.apply(_init_weights)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, *, position_offset: int = 0) -> torch.Tensor:
         input_ids = input_ids[:, -self.max_len:]
         length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)[None, :]
+        if position_offset < 0 or position_offset + length > self.max_len:
+            raise ValueError(f"position_offset {position_offset} + width {length} exceeds max_len {self.max_len}")
+        positions = torch.arange(position_offset, position_offset + length, device=input_ids.device)[None, :]
         x = self.dropout(self.norm(self.item_embeddings(input_ids) + self.position_embeddings(positions)))
         causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
         allowed = causal[None, None, :, :] & (input_ids > 0)[:, None, None, :]
@@ -165,14 +186,29 @@ def build_model(name: str, n_items: int, **params) -> SequentialRecommender:
     return MODELS[name](n_items, **params)
 
 
+def trim_leading_padding(model: nn.Module, *tensors: torch.Tensor) -> tuple[int, tuple[torch.Tensor, ...]]:
+    """``(position_offset, tensors)``: the [B, L] tensors without the leading columns where the
+    first of them (the input ids) is padding in every row, when ``model`` ignores leading padding;
+    else ``(0, tensors)`` unchanged. At least one column is kept."""
+    inner = getattr(model, "module", model)
+    width = tensors[0].shape[1]
+    if not inner.ignores_leading_padding or width <= 1 or width > inner.max_len:
+        return 0, tensors
+    used = (tensors[0] != 0).any(0).nonzero()
+    cut = min(int(used[0]), width - 1) if len(used) else width - 1
+    return cut, (tuple(t[:, cut:] for t in tensors) if cut else tensors)
+
+
 def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Mean over positions with a target of −log σ(h·e⁺) − log(1 − σ(h·e⁻)).
 
     ``model`` may be wrapped (DistributedDataParallel): the forward pass goes through the wrapper,
-    the item embeddings through the wrapped module.
+    the item embeddings through the wrapped module. Columns that are padding in every row are cut
+    first where the model allows it (:func:`trim_leading_padding`): the loss is the same.
     """
     inner = getattr(model, "module", model)
-    hidden = model(input_ids)
+    offset, (input_ids, positives, negatives) = trim_leading_padding(model, input_ids, positives, negatives)
+    hidden = model(input_ids, position_offset=offset) if offset else model(input_ids)
     positive_logits = (hidden * inner.item_embedding(positives)).sum(-1)
     negative_logits = (hidden * inner.item_embedding(negatives)).sum(-1)
     is_target = (positives > 0).to(hidden.dtype)
