@@ -55,9 +55,10 @@ in time order; one vectorized Arrow pass over each partition's whole users
 (:mod:`recaug_spark.stages.clean_steps`: numpy and pyarrow compute, no per-row Python except the
 netting queue of (user, item) pairs with a return) computes duplicates, bots, netting, sessions
 and the split's counts. The annotated frame (needed columns only) is materialized once (a local
-checkpoint, :func:`materialize`) and feeds the counts and all four tables; ``events`` is rebalanced by ``dt`` before its write (one file per day
-instead of tasks × days small files) and ``sequences`` are cut from the already clustered,
-time-ordered users by a second Arrow pass (no shuffle, no sort).
+checkpoint, :func:`materialize`) and feeds the counts and all four tables; ``events`` is
+rebalanced by ``dt`` before its write (one file per day instead of tasks × days small files) and
+``sequences`` are cut from the already clustered, time-ordered users by a second Arrow pass (no
+shuffle, no sort).
 """
 
 from __future__ import annotations

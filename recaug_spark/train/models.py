@@ -50,13 +50,8 @@ class SequentialRecommender(nn.Module):
         return self.item_embeddings(ids)
 
     def score_all(self, input_ids: torch.Tensor, *, position_offset: int = 0) -> torch.Tensor:
-        last = self._forward(input_ids, position_offset)[:, -1, :]
+        last = self.forward(input_ids, position_offset=position_offset)[:, -1, :]
         return last @ self.item_embeddings.weight[: self.n_items + 1].T
-
-    def _forward(self, input_ids: torch.Tensor, position_offset: int) -> torch.Tensor:
-        if position_offset:
-            return self.forward(input_ids, position_offset=position_offset)
-        return self.forward(input_ids)
 
 
 class _SelfAttention(nn.Module):
@@ -155,7 +150,9 @@ class GRU4Rec(SequentialRecommender):
         self.dense = nn.Linear(hidden, hidden)
         self.apply(_init_weights)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, *, position_offset: int = 0) -> torch.Tensor:
+        if position_offset:
+            raise ValueError("GRU4Rec reads padding as input: its rows are never cut (position_offset must be 0)")
         if self.max_len:
             input_ids = input_ids[:, -self.max_len:]
         output, _ = self.gru(self.dropout(self.item_embeddings(input_ids)))
@@ -208,7 +205,7 @@ def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
     """
     inner = getattr(model, "module", model)
     offset, (input_ids, positives, negatives) = trim_leading_padding(model, input_ids, positives, negatives)
-    hidden = model(input_ids, position_offset=offset) if offset else model(input_ids)
+    hidden = model(input_ids, position_offset=offset)
     positive_logits = (hidden * inner.item_embedding(positives)).sum(-1)
     negative_logits = (hidden * inner.item_embedding(negatives)).sum(-1)
     is_target = (positives > 0).to(hidden.dtype)
