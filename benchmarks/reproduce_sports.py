@@ -37,6 +37,7 @@ Usage:
   python benchmarks/reproduce_sports.py --seeds 1,2,3 --variant crop --variant "crop>mask" \\
       --warehouse /tmp/sports-wh --json sports.json                   # the real thing: hours on 2 cores
   python benchmarks/reproduce_sports.py --warehouse /tmp/sports-wh --skip-prepare ...   # reuse tables
+  python benchmarks/reproduce_sports.py ... --json b.json --resume a.runs.jsonl   # keep runs study a finished
 """
 
 from __future__ import annotations
@@ -266,6 +267,20 @@ def format_runs(records) -> str:
     return "\n".join(lines)
 
 
+def saved_runs(path: Path, steps_per_epoch: int) -> dict[tuple[str, int], dict]:
+    """{(variant, seed): result} of the runs in a study's ``*.runs.jsonl``, checked against this
+    plan's epoch length (a different one means other data or batch size: refuse to mix them)."""
+    runs = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            if result.get("steps_per_epoch") != steps_per_epoch:
+                raise SystemExit(f"{path}: {result['variant']} seed {result['seed']} ran {result.get('steps_per_epoch')} "
+                                 f"steps per epoch, this plan {steps_per_epoch}: not the same study")
+            runs[result.pop("variant"), result.pop("seed")] = result
+    return runs
+
+
 def report_from(saved: Path) -> str:
     """The baseline, comparison and run tables from a study's saved runs (``*.runs.jsonl``)."""
     from recaug_spark.train.experiment import RunRecord, comparison_table
@@ -320,6 +335,8 @@ def main(argv=None) -> None:
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--json", default=None,
                         help="also save the figures to this JSON file (and each run, as it ends, to *.runs.jsonl)")
+    parser.add_argument("--resume", default=None, metavar="JSONL",
+                        help="runs an interrupted study saved (*.runs.jsonl) with the same settings: not retrained")
     parser.add_argument("--report-from", default=None, metavar="JSONL",
                         help="print the tables from the runs a (possibly interrupted) study saved, and stop")
     args = parser.parse_args(argv)
@@ -353,6 +370,7 @@ def main(argv=None) -> None:
                                str(warehouse / "items"))
         log(f"[train] {len(plan.arms)} arm(s) × {len(cfg.train.seeds)} seed(s); an epoch = {plan.steps_per_epoch} steps; "
             f"rows by chain {dict(plan.rows_by_chain)}")
+        finished = saved_runs(Path(args.resume), plan.steps_per_epoch) if args.resume else {}
         started = time.perf_counter()
         saved = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
         if saved is not None:
@@ -363,7 +381,8 @@ def main(argv=None) -> None:
                 handle.write(json.dumps({"variant": record.variant, "seed": record.seed, **record.result},
                                         default=str) + "\n")
 
-        records = run_experiment(plan, cfg.train, log=log, epoch_log=True, on_record=save if saved else None)
+        records = run_experiment(plan, cfg.train, log=log, epoch_log=True, on_record=save if saved else None,
+                                 finished=finished)
         train_seconds = time.perf_counter() - started
 
         summary = baseline_summary(records)

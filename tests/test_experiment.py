@@ -278,5 +278,14 @@ def test_parallel_runs_give_the_same_results_as_one_after_another(default_run):
     assert [(r.variant, r.seed, r.result["test"]) for r in side_by_side] == [
         (r.variant, r.seed, r.result["test"]) for r in one_by_one]
     assert sum(line.startswith("[train] crop seed 2: epoch=0 ") for line in lines) == 1  # the per-epoch log
+    # resuming an interrupted study: saved runs are reported as they were, only the others train
+    saved = {("baseline", 1): one_by_one[0].result, ("crop", 2): one_by_one[3].result}
+    lines.clear()
+    resumed = run_experiment(plan, cfg, log=lines.append, epoch_log=True, finished=saved)
+    assert [(r.variant, r.seed, r.result["test"]) for r in resumed] == [
+        (r.variant, r.seed, r.result["test"]) for r in one_by_one]
+    assert resumed[0].result is saved["baseline", 1] and resumed[3].result is saved["crop", 2]
+    trained = {line.split(":")[0] for line in lines if ": epoch=" in line}
+    assert trained == {"[train] baseline seed 2", "[train] crop seed 1"}
     with pytest.raises(ConfigError, match="num_processes 1"):
         load_config(overrides=["train.parallel_runs=2", "train.num_processes=2"])

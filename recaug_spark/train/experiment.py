@@ -144,7 +144,8 @@ class RunRecord:
 
 
 def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str], None] | None = None,
-                   epoch_log: bool = False, on_record: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
+                   epoch_log: bool = False, on_record: Callable[[RunRecord], None] | None = None,
+                   finished: Mapping[tuple[str, int], dict] | None = None) -> list[RunRecord]:
     """Train every arm × seed of ``plan``; ``cfg.num_processes`` > 1 runs each model on that many
     TorchDistributor ranks (local mode) of ``spark``'s cluster (default: the active session);
     otherwise ``cfg.parallel_runs`` models train at once, each in a process of its own.
@@ -152,12 +153,16 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
     Runs go seed by seed (every arm of seed 1, then of seed 2, …), so that paired comparisons
     complete early; the records come back in plan order (arm, then seed). ``epoch_log``: also log a
     line per epoch of every run (to stderr from worker processes); ``on_record``: called with each
-    record as its run ends (e.g. to save partial results of a long study)."""
+    record as its run ends (e.g. to save partial results of a long study); ``finished``: results of
+    runs an interrupted study already saved, by (arm name, seed): they are reported, not retrained
+    (the caller vouches that they came from the same plan and settings)."""
     from recaug_spark.train.data import Vocabulary, pinned_files, read_targets
 
     trainer_cfg = cfg.trainer_config().model_copy(update={"steps_per_epoch": plan.steps_per_epoch})
     runs = [(arm, seed) for seed in cfg.seeds for arm in plan.arms]
     records: dict[tuple[str, int], RunRecord] = {}
+    reused = [(arm, seed) for arm, seed in runs if (arm.name, seed) in (finished or {})]
+    runs_to_train = [run for run in runs if run not in reused]
 
     def done(arm: Arm, seed: int, result: dict, seconds: float) -> None:
         records[arm.name, seed] = RunRecord(arm.name, seed, result)
@@ -166,7 +171,11 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
         if log is not None:
             log(f"[train] {len(records)}/{len(runs)} {arm.name} seed {seed}: test {cfg.early_stopping_metric} "
                 f"{result['test'][cfg.early_stopping_metric]:.4f} after {result['epochs_run']} × "
-                f"{result['steps_per_epoch']} steps (best epoch {result['best_epoch']}) in {seconds:.1f}s")
+                f"{result['steps_per_epoch']} steps (best epoch {result['best_epoch']}) in {seconds:.1f}s"
+                + (" (saved by an earlier study)" if (arm, seed) in reused else ""))
+
+    for arm, seed in reused:
+        done(arm, seed, finished[arm.name, seed], 0.0)
 
     if cfg.num_processes > 1:
         from pyspark.ml.torch.distributor import TorchDistributor
@@ -176,7 +185,7 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
         distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=True,
                                        use_gpu=trainer_cfg.device == "cuda")
         payload = trainer_cfg.model_dump_json()
-        for arm, seed in runs:
+        for arm, seed in runs_to_train:
             started = time.perf_counter()
             result = distributor.run(train_rank, payload, plan.table_uri, version=plan.version,
                                      chains=[REAL_CHAIN, *arm.chains], targets_uri=plan.targets_uri,
@@ -195,8 +204,8 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
         vocabulary = Vocabulary.from_files(pinned_files(plan.table_uri, plan.version),
                                            extra=_target_items(targets, None))
     shared = (trainer_cfg, plan, history, targets, vocabulary)
-    if cfg.parallel_runs <= 1 or len(runs) <= 1:
-        for arm, seed in runs:
+    if cfg.parallel_runs <= 1 or len(runs_to_train) <= 1:
+        for arm, seed in runs_to_train:
             started = time.perf_counter()
             prefix = f"[train] {arm.name} seed {seed}:" if epoch_log and log is not None else None
             result = _train_local(*shared, arm.chains, seed, prefix, log)
@@ -206,12 +215,12 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # spawn: a fresh interpreter per worker (no forked JVM gateway or torch thread pools)
-        with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(runs)),
+        with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(runs_to_train)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             started = time.perf_counter()
             futures = {pool.submit(_train_local, *shared, arm.chains, seed,
                                    f"[train] {arm.name} seed {seed}:" if epoch_log else None): (arm, seed)
-                       for arm, seed in runs}
+                       for arm, seed in runs_to_train}
             for future in as_completed(futures):
                 arm, seed = futures[future]
                 done(arm, seed, future.result(), time.perf_counter() - started)
