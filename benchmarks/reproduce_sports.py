@@ -38,11 +38,14 @@ Usage:
       --warehouse /tmp/sports-wh --json sports.json                   # the real thing: hours on 2 cores
   python benchmarks/reproduce_sports.py --warehouse /tmp/sports-wh --skip-prepare ...   # reuse tables
   python benchmarks/reproduce_sports.py ... --json b.json --resume a.runs.jsonl   # keep runs study a finished
+  python benchmarks/reproduce_sports.py ... --json v.json --arms prehistory        # one core: the variant only,
+  python benchmarks/reproduce_sports.py --report-from base.runs.jsonl v.runs.jsonl # another: the baseline; merge
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -281,15 +284,26 @@ def saved_runs(path: Path, steps_per_epoch: int) -> dict[tuple[str, int], dict]:
     return runs
 
 
-def report_from(saved: Path) -> str:
-    """The baseline, comparison and run tables from a study's saved runs (``*.runs.jsonl``)."""
+def report_from(saved: list[Path]) -> str:
+    """The baseline, comparison and run tables from the runs that one or more studies saved
+    (``*.runs.jsonl``; e.g. the baseline trained by one process, the variants by another). The
+    studies must share their plan: a different epoch length or a run saved twice is refused."""
     from recaug_spark.train.experiment import RunRecord, comparison_table
 
-    records = []
-    for line in saved.read_text().splitlines():
-        if line.strip():
-            result = json.loads(line)
-            records.append(RunRecord(result.pop("variant"), result.pop("seed"), result))
+    records, steps = {}, {}
+    for path in saved:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                result = json.loads(line)
+                key = result.pop("variant"), result.pop("seed")
+                if key in records:
+                    raise SystemExit(f"{path}: {key[0]} seed {key[1]} is saved twice in {[str(p) for p in saved]}")
+                records[key] = RunRecord(*key, result)
+                steps.setdefault(result.get("steps_per_epoch"), f"{path} ({key[0]} seed {key[1]})")
+    if len(steps) > 1:
+        raise SystemExit(f"runs with different epoch lengths (not the same study): {steps}")
+    records = list(records.values())
+    saved = ", ".join(str(p) for p in saved)
     if not any(r.variant == "baseline" for r in records):
         return f"{saved}: no finished baseline run yet ({len(records)} run(s))"
     # complete seeds only: a paired comparison needs every arm of a seed
@@ -337,11 +351,15 @@ def main(argv=None) -> None:
                         help="also save the figures to this JSON file (and each run, as it ends, to *.runs.jsonl)")
     parser.add_argument("--resume", default=None, metavar="JSONL",
                         help="runs an interrupted study saved (*.runs.jsonl) with the same settings: not retrained")
-    parser.add_argument("--report-from", default=None, metavar="JSONL",
-                        help="print the tables from the runs a (possibly interrupted) study saved, and stop")
+    parser.add_argument("--arms", default=None, metavar="NAMES",
+                        help="comma-separated arms to train here (e.g. the variants, while another process or "
+                             "machine trains the baseline); merge the studies with --report-from")
+    parser.add_argument("--report-from", nargs="+", default=None, metavar="JSONL",
+                        help="print the tables from the runs one or more (possibly interrupted) studies saved "
+                             "(same data and plan), and stop")
     args = parser.parse_args(argv)
     if args.report_from:
-        print(report_from(Path(args.report_from)))
+        print(report_from([Path(p) for p in args.report_from]))
         return
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -370,6 +388,12 @@ def main(argv=None) -> None:
                                str(warehouse / "items"))
         log(f"[train] {len(plan.arms)} arm(s) × {len(cfg.train.seeds)} seed(s); an epoch = {plan.steps_per_epoch} steps; "
             f"rows by chain {dict(plan.rows_by_chain)}")
+        if args.arms:
+            wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
+            unknown = sorted(set(wanted) - {a.name for a in plan.arms})
+            if unknown:
+                raise SystemExit(f"--arms: {unknown} not in this study; its arms: {[a.name for a in plan.arms]}")
+            plan = dataclasses.replace(plan, arms=tuple(a for a in plan.arms if a.name in wanted))
         finished = saved_runs(Path(args.resume), plan.steps_per_epoch) if args.resume else {}
         started = time.perf_counter()
         saved = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
@@ -385,14 +409,19 @@ def main(argv=None) -> None:
                                  finished=finished)
         train_seconds = time.perf_counter() - started
 
-        summary = baseline_summary(records)
+        has_baseline = any(r.variant == "baseline" for r in records)
+        summary = baseline_summary(records) if has_baseline else None
         chains = {a.name: a.requested for a in plan.arms}
         device = records[0].result["device"]
         print(f"\nAmazon Sports 5-core, SASRec (hidden 64, 2 blocks, 2 heads, max_len 50, dropout 0.5, lr 1e-3, batch 256), "
               f"{len(cfg.train.seeds)} seed(s), ≤ {cfg.train.epochs} epochs × {plan.steps_per_epoch} steps, patience "
               f"{cfg.train.patience}, {device}, torch {torch.__version__}\n")
-        print(format_baseline(summary))
-        if len(plan.arms) > 1:
+        if not has_baseline:
+            print("no baseline in --arms: compare with --report-from <this study's .runs.jsonl (--json)> "
+                  "<the baseline study's .runs.jsonl>")
+        else:
+            print(format_baseline(summary))
+        if has_baseline and len(plan.arms) > 1:
             print("\nvariants vs baseline at equal optimizer steps:")
             print(comparison_table(records, METRICS, chains=chains))
         print("\nruns:")
@@ -409,7 +438,8 @@ def main(argv=None) -> None:
                 "arms": chains, "rows_by_chain": dict(plan.rows_by_chain), "table_version": plan.version,
                 "preprocessing": check, "prepare_seconds": durations, "train_seconds": train_seconds,
                 "published": PUBLISHED, "design_reference": DESIGN_REFERENCE, "baseline": summary,
-                "comparison": {m: [asdict(c) for c in compare(values_by_variant(records, m), m)] for m in METRICS},
+                "comparison": {m: [asdict(c) for c in compare(values_by_variant(records, m), m)] for m in METRICS}
+                if has_baseline else None,
                 "runs": [{"variant": r.variant, "seed": r.seed, "steps": r.steps, **r.result} for r in records],
             }
             Path(args.json).write_text(json.dumps(report, indent=2, default=str))

@@ -277,6 +277,25 @@ def test_models_share_one_interface_and_are_causal(name):
         build_model("bert4rec", 20)
 
 
+def test_dropout_zeroes_a_share_p_scales_the_rest_and_follows_the_torch_seed():
+    from recaug_spark.train.models import Dropout
+
+    x = torch.full((200, 500), 3.0, requires_grad=True)
+    dropout = Dropout(0.25)
+    torch.manual_seed(7)
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.25, abs=0.01)
+    assert set(torch.unique(y).tolist()) == {0.0, 4.0}  # kept values × 1 / (1 − p)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y / 3.0).detach())  # the gradient flows through kept positions only
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x), y)  # same seed, same mask
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Dropout(1.0)
+
+
 def test_sasrec_gives_the_same_outputs_when_all_padding_leading_columns_are_cut():
     from recaug_spark.train.models import bce_loss, build_model, trim_leading_padding
 

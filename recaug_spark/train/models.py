@@ -42,6 +42,27 @@ from torch.nn import functional as F
 _ATTENTION_MASKED = -10_000.0  # additive mask as in the reference code (a fully masked row stays finite)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``, with the keep-mask drawn by ``rand_like``: on CPU that is
+    about twice as fast as ``nn.Dropout``'s Bernoulli sampling, and SASRec drops out seven tensors
+    per forward pass (~15% of a training step). Same expectation, same seeding (the torch generator)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class SequentialRecommender(nn.Module):
     n_items: int
     ignores_leading_padding = False
@@ -59,10 +80,10 @@ class _SelfAttention(nn.Module):
         super().__init__()
         self.heads, self.head_size = heads, hidden // heads
         self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
-        self.attention_dropout = nn.Dropout(attention_dropout)
+        self.attention_dropout = Dropout(attention_dropout)
         self.dense = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
@@ -81,7 +102,7 @@ class _FeedForward(nn.Module):
         super().__init__()
         self.dense_in, self.dense_out = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.dropout(self.dense_out(F.gelu(self.dense_in(x)))) + x)
@@ -114,7 +135,7 @@ class SASRec(SequentialRecommender):
         self.item_embeddings = nn.Embedding(n_items + 2, hidden, padding_idx=0)
         self.position_embeddings = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(hidden, heads, dropout, attention_dropout) for _ in range(blocks))
         self.apply(_init_weights)
 
@@ -145,7 +166,7 @@ class GRU4Rec(SequentialRecommender):
         super().__init__()
         self.n_items, self.max_len = n_items, max_len
         self.item_embeddings = nn.Embedding(n_items + 2, hidden, padding_idx=0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gru = nn.GRU(hidden, hidden, num_layers=blocks, batch_first=True, bias=True)
         self.dense = nn.Linear(hidden, hidden)
         self.apply(_init_weights)
