@@ -386,14 +386,14 @@ def main(argv=None) -> None:
 
         plan = plan_experiment(cfg.train, str(warehouse / "augmented_sequences"), str(warehouse / "sequence_targets"),
                                str(warehouse / "items"))
-        log(f"[train] {len(plan.arms)} arm(s) × {len(cfg.train.seeds)} seed(s); an epoch = {plan.steps_per_epoch} steps; "
-            f"rows by chain {dict(plan.rows_by_chain)}")
         if args.arms:
             wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
             unknown = sorted(set(wanted) - {a.name for a in plan.arms})
             if unknown:
                 raise SystemExit(f"--arms: {unknown} not in this study; its arms: {[a.name for a in plan.arms]}")
             plan = dataclasses.replace(plan, arms=tuple(a for a in plan.arms if a.name in wanted))
+        log(f"[train] {len(plan.arms)} arm(s) ({', '.join(a.name for a in plan.arms)}) × {len(cfg.train.seeds)} seed(s); "
+            f"an epoch = {plan.steps_per_epoch} steps; rows by chain {dict(plan.rows_by_chain)}")
         finished = saved_runs(Path(args.resume), plan.steps_per_epoch) if args.resume else {}
         started = time.perf_counter()
         saved = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
