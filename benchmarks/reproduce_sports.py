@@ -284,11 +284,20 @@ def saved_runs(path: Path, steps_per_epoch: int) -> dict[tuple[str, int], dict]:
     return runs
 
 
+def comparison_by_group(records, chains: dict[str, str]) -> str:
+    """Variants vs baseline on all test users, then by history length (short / long) and target
+    popularity (head / tail): an augmentation aimed at short sequences should show where it acts."""
+    from recaug_spark.train.experiment import comparison_table
+
+    return "\n\n".join(comparison_table(records, METRICS, group=group, chains=chains)
+                       for group in ("all", "short", "long", "head", "tail"))
+
+
 def report_from(saved: list[Path]) -> str:
     """The baseline, comparison and run tables from the runs that one or more studies saved
     (``*.runs.jsonl``; e.g. the baseline trained by one process, the variants by another). The
     studies must share their plan: a different epoch length or a run saved twice is refused."""
-    from recaug_spark.train.experiment import RunRecord, comparison_table
+    from recaug_spark.train.experiment import RunRecord
 
     records, steps = {}, {}
     for path in saved:
@@ -314,7 +323,7 @@ def report_from(saved: list[Path]) -> str:
              format_baseline(baseline_summary(records))]
     if len(arms) > 1:
         parts += ["", "variants vs baseline at equal optimizer steps:",
-                  comparison_table(records, METRICS, chains={a: a for a in sorted(arms)})]
+                  comparison_by_group(records, chains={a: a for a in sorted(arms)})]
     return "\n".join(parts + ["", "runs:", format_runs(records)])
 
 
@@ -382,7 +391,7 @@ def main(argv=None) -> None:
 
         import torch
 
-        from recaug_spark.train.experiment import compare, comparison_table, plan_experiment, run_experiment, values_by_variant
+        from recaug_spark.train.experiment import compare, plan_experiment, run_experiment, values_by_variant
 
         plan = plan_experiment(cfg.train, str(warehouse / "augmented_sequences"), str(warehouse / "sequence_targets"),
                                str(warehouse / "items"))
@@ -423,7 +432,7 @@ def main(argv=None) -> None:
             print(format_baseline(summary))
         if has_baseline and len(plan.arms) > 1:
             print("\nvariants vs baseline at equal optimizer steps:")
-            print(comparison_table(records, METRICS, chains=chains))
+            print(comparison_by_group(records, chains))
         print("\nruns:")
         print(format_runs(records))
         stages_text = ", ".join(f"{k} {v:.0f}s" for k, v in durations.items()) or "skipped"
