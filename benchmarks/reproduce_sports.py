@@ -270,17 +270,23 @@ def format_runs(records) -> str:
     return "\n".join(lines)
 
 
+def read_saved(path: Path):
+    """``((variant, seed), result)`` for each run in a study's ``*.runs.jsonl``, in file order."""
+    for line in path.read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            yield (result.pop("variant"), result.pop("seed")), result
+
+
 def saved_runs(path: Path, steps_per_epoch: int) -> dict[tuple[str, int], dict]:
     """{(variant, seed): result} of the runs in a study's ``*.runs.jsonl``, checked against this
     plan's epoch length (a different one means other data or batch size: refuse to mix them)."""
     runs = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            result = json.loads(line)
-            if result.get("steps_per_epoch") != steps_per_epoch:
-                raise SystemExit(f"{path}: {result['variant']} seed {result['seed']} ran {result.get('steps_per_epoch')} "
-                                 f"steps per epoch, this plan {steps_per_epoch}: not the same study")
-            runs[result.pop("variant"), result.pop("seed")] = result
+    for (variant, seed), result in read_saved(path):
+        if result.get("steps_per_epoch") != steps_per_epoch:
+            raise SystemExit(f"{path}: {variant} seed {seed} ran {result.get('steps_per_epoch')} "
+                             f"steps per epoch, this plan {steps_per_epoch}: not the same study")
+        runs[variant, seed] = result
     return runs
 
 
@@ -301,25 +307,22 @@ def report_from(saved: list[Path]) -> str:
 
     records, steps = {}, {}
     for path in saved:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                result = json.loads(line)
-                key = result.pop("variant"), result.pop("seed")
-                if key in records:
-                    raise SystemExit(f"{path}: {key[0]} seed {key[1]} is saved twice in {[str(p) for p in saved]}")
-                records[key] = RunRecord(*key, result)
-                steps.setdefault(result.get("steps_per_epoch"), f"{path} ({key[0]} seed {key[1]})")
+        for key, result in read_saved(path):
+            if key in records:
+                raise SystemExit(f"{path}: {key[0]} seed {key[1]} is saved twice in {[str(p) for p in saved]}")
+            records[key] = RunRecord(*key, result)
+            steps.setdefault(result.get("steps_per_epoch"), f"{path} ({key[0]} seed {key[1]})")
     if len(steps) > 1:
         raise SystemExit(f"runs with different epoch lengths (not the same study): {steps}")
     records = list(records.values())
-    saved = ", ".join(str(p) for p in saved)
+    sources = ", ".join(str(p) for p in saved)
     if not any(r.variant == "baseline" for r in records):
-        return f"{saved}: no finished baseline run yet ({len(records)} run(s))"
+        return f"{sources}: no finished baseline run yet ({len(records)} run(s))"
     # complete seeds only: a paired comparison needs every arm of a seed
     arms = {r.variant for r in records}
     complete = {s for s in {r.seed for r in records} if {r.variant for r in records if r.seed == s} == arms}
     records = sorted((r for r in records if r.seed in complete), key=lambda r: (r.variant != "baseline", r.variant, r.seed))
-    parts = [f"{len(records)} run(s) of {len(complete)} complete seed(s) from {saved}", "",
+    parts = [f"{len(records)} run(s) of {len(complete)} complete seed(s) from {sources}", "",
              format_baseline(baseline_summary(records))]
     if len(arms) > 1:
         parts += ["", "variants vs baseline at equal optimizer steps:",
@@ -425,14 +428,14 @@ def main(argv=None) -> None:
         print(f"\nAmazon Sports 5-core, SASRec (hidden 64, 2 blocks, 2 heads, max_len 50, dropout 0.5, lr 1e-3, batch 256), "
               f"{len(cfg.train.seeds)} seed(s), ≤ {cfg.train.epochs} epochs × {plan.steps_per_epoch} steps, patience "
               f"{cfg.train.patience}, {device}, torch {torch.__version__}\n")
-        if not has_baseline:
+        if has_baseline:
+            print(format_baseline(summary))
+            if len(plan.arms) > 1:
+                print("\nvariants vs baseline at equal optimizer steps:")
+                print(comparison_by_group(records, chains))
+        else:
             print("no baseline in --arms: compare with --report-from <this study's .runs.jsonl (--json)> "
                   "<the baseline study's .runs.jsonl>")
-        else:
-            print(format_baseline(summary))
-        if has_baseline and len(plan.arms) > 1:
-            print("\nvariants vs baseline at equal optimizer steps:")
-            print(comparison_by_group(records, chains))
         print("\nruns:")
         print(format_runs(records))
         stages_text = ", ".join(f"{k} {v:.0f}s" for k, v in durations.items()) or "skipped"
