@@ -380,6 +380,10 @@ class TrainConfig(_Section):
     # Optimizer steps per epoch; None: one pass over the training data. Equal for every variant of an
     # experiment, so that augmented data (more rows) gets no more updates than the baseline.
     steps_per_epoch: int | None = Field(None, ge=1)
+    # Training objective: bce (one sampled negative per position, as S3-Rec/ICLRec), ce (softmax over
+    # every item) or sampled_softmax (softmax over loss_negatives uniform negatives shared by a batch).
+    loss: Literal["bce", "ce", "sampled_softmax"] = "bce"
+    loss_negatives: int = Field(256, ge=1)  # K of sampled_softmax
     seeds: tuple[int, ...] = (42,)  # train_seeds runs one model per seed; train uses the first
 
     # ---- evaluation ----

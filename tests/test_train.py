@@ -421,3 +421,17 @@ def test_two_gloo_ranks_under_torch_distributor_train_on_their_own_shards(spark,
     assert result["world_size"] == 2 and result["epochs_run"] == 1
     assert result["train_sequences"] == 360  # summed over the ranks' shards: every row read once
     assert result["test"]["users"] == 240 and result["valid"]["users"] == 240
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax"])
+def test_softmax_losses_learn_the_pattern_and_record_convergence(synthetic, loss):
+    from recaug_spark.train.trainer import train
+
+    files = pinned_files(synthetic["uri"], chains=["real"])
+    targets = read_targets(synthetic["targets_uri"])
+    result = train(_small_config(loss=loss, loss_negatives=30, epochs=10, patience=2), files, targets, targets)
+    assert result["loss"] == loss
+    assert result["test"]["hr@10"] > 0.8, result["history"]
+    assert result["cap_hit"] == (not result["stopped_early"])
+    capped = train(_small_config(loss=loss, epochs=1), files, targets, targets)
+    assert capped["cap_hit"] and capped["best_epoch"] == 0

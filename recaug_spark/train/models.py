@@ -15,8 +15,15 @@ when columns that are padding in every row are cut from the left of a batch, pro
 short sequences then costs its own width, not ``max_len``. A GRU reads padding as input, so
 GRU4Rec always gets whole rows.
 
-``bce_loss`` is the training objective of SASRec as in S3-Rec/ICLRec: binary cross-entropy of the
-positive next item against one sampled negative per position, over positions with a target.
+Training objectives, each a mean over positions with a target (``LOSSES`` by name):
+
+* ``bce_loss`` — SASRec as in S3-Rec/ICLRec: binary cross-entropy of the positive next item
+  against one sampled negative per position (the weakest standard objective).
+* ``ce_loss`` — softmax cross-entropy over every item ("Turning Dross Into Gold Loss",
+  Klenitskiy & Vasilev, RecSys 2023); logits are computed only at positions with a target.
+* ``sampled_softmax_loss`` — softmax over the positive and K uniformly sampled negatives shared
+  by the batch (as gSASRec trains with many negatives, Petrov & Macdonald, RecSys 2023), for
+  catalogs where the full softmax is too costly; a negative equal to the positive is masked.
 
 Models:
 
@@ -232,3 +239,44 @@ def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
     is_target = (positives > 0).to(hidden.dtype)
     losses = -F.logsigmoid(positive_logits) - F.logsigmoid(-negative_logits)
     return (losses * is_target).sum() / is_target.sum().clamp(min=1.0)
+
+
+def _target_states(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor):
+    """(hidden states [T, H], positive item indices [T]) at the T positions with a target."""
+    offset, (input_ids, positives) = trim_leading_padding(model, input_ids, positives)
+    hidden = model(input_ids, position_offset=offset)
+    is_target = positives > 0
+    return hidden[is_target], positives[is_target]
+
+
+def ce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
+            negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over positions with a target of −log softmax(h·E)[positive], over all N items.
+
+    Padding (0) and the mask token (N + 1) are never candidates. ``negatives`` is ignored (it
+    keeps the signature of the other losses).
+    """
+    inner = getattr(model, "module", model)
+    hidden, targets = _target_states(model, input_ids, positives)
+    if len(targets) == 0:
+        return hidden.sum() * 0.0
+    logits = hidden @ inner.item_embeddings.weight[1: inner.n_items + 1].T
+    return F.cross_entropy(logits, targets - 1)
+
+
+def sampled_softmax_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
+                         sampled: torch.Tensor) -> torch.Tensor:
+    """Mean over positions with a target of −log softmax([h·e⁺, h·e⁻₁ … h·e⁻ₖ])[0].
+
+    ``sampled`` [K]: item indices shared by every position of the batch; where one equals a
+    position's positive it is masked out of that position's softmax.
+    """
+    inner = getattr(model, "module", model)
+    hidden, targets = _target_states(model, input_ids, positives)
+    if len(targets) == 0:
+        return hidden.sum() * 0.0
+    positive_logits = (hidden * inner.item_embedding(targets)).sum(-1, keepdim=True)
+    negative_logits = hidden @ inner.item_embedding(sampled).T
+    negative_logits = negative_logits.masked_fill(sampled[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive_logits, negative_logits], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))

@@ -337,12 +337,32 @@ def evaluate(model, eval_set: EvalSet, config: TrainConfig, device, *, popularit
     return sums
 
 
+def training_loss(config: TrainConfig, n_items: int, seed: int) -> Callable:
+    """``loss(model, inputs, positives, negatives)`` for ``config.loss``; sampled_softmax draws its
+    ``loss_negatives`` shared negatives per batch from a generator seeded by ``seed``."""
+    import torch
+
+    from recaug_spark.train.models import bce_loss, ce_loss, sampled_softmax_loss
+
+    if config.loss == "bce":
+        return bce_loss
+    if config.loss == "ce":
+        return ce_loss
+    generator = torch.Generator().manual_seed(seed)
+
+    def sampled(model, inputs, positives, negatives):
+        shared = torch.randint(1, n_items + 1, (config.loss_negatives,), generator=generator)
+        return sampled_softmax_loss(model, inputs, positives, shared.to(inputs.device))
+
+    return sampled
+
+
 def _fit(config: TrainConfig, train_sequences: Sequences, histories: Sequences, valid_targets, test_targets,
          vocabulary: Vocabulary, *, seed: int, device, dist: _Dist, checkpoint_path: str | None,
          log: Callable[[str], None] | None) -> dict:
     import torch
 
-    from recaug_spark.train.models import bce_loss, build_model
+    from recaug_spark.train.models import build_model
 
     started = time.perf_counter()
     if config.num_threads is not None:
@@ -384,8 +404,9 @@ def _fit(config: TrainConfig, train_sequences: Sequences, histories: Sequences, 
         epoch_start = time.perf_counter()
         model.train()
         loss_sum, batches = 0.0, 0
+        objective = training_loss(config, inner.n_items, _seed(seed, epoch, dist.rank, 104729))
         for inputs, positives, negatives in data.batches(epoch, batch_size, seed, dist.rank, steps):
-            loss = bce_loss(model, inputs.to(device), positives.to(device), negatives.to(device))
+            loss = objective(model, inputs.to(device), positives.to(device), negatives.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -426,7 +447,7 @@ def _fit(config: TrainConfig, train_sequences: Sequences, histories: Sequences, 
         "model": config.model, "seed": seed, "device": str(device), "world_size": dist.world_size,
         "protocol": config.negatives_protocol, "early_stopping_metric": stop_name,
         "best_epoch": best_epoch, "epochs_run": len(history), "steps_per_epoch": steps,
-        "stopped_early": stopped_early,
+        "stopped_early": stopped_early, "cap_hit": not stopped_early, "loss": config.loss,
         "valid": best_valid, "test": M.means_from_sums(plain),
         "test_breakdown": {group: M.means_from_sums(sums) for group, sums in sorted(groups.items())},
         "n_items": n_items, **{k: int(v) for k, v in counts.items()},
