@@ -15,6 +15,9 @@ SOURCE_COLUMNS = ("_source", "_raw")
 
 EVENT_TYPES = ("view", "cart", "purchase", "return")
 
+# The operator chain (and origin) of a row copied unchanged from the input into an augmented table.
+REAL_CHAIN = "real"
+
 EVENTS_RAW = T.StructType([
     T.StructField("user_id", T.StringType(), False),
     T.StructField("item_id", T.StringType(), False),
