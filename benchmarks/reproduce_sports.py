@@ -1,7 +1,7 @@
 """Reproduce the published SASRec baseline on Amazon Sports 5-core, then test augmentation variants.
 
 A benchmark, not a CI test: a full run trains ≥ 3 seeds × (1 + variants) models on 296k
-interactions (about 30 minutes per model on one CPU thread; DESIGN.md "Reference figures").
+interactions (about 30 minutes per model on one CPU thread with the BCE loss; docs/benchmarks.md).
 
 1. **Prepare** (Spark, ``local[2]``): ingest ``Sports_and_Outdoors.txt`` with the ``amazon-5core``
    adapter, clean, and augment with one branch per variant, into a warehouse. The preprocessing is
@@ -18,7 +18,7 @@ interactions (about 30 minutes per model on one CPU thread; DESIGN.md "Reference
    vocabulary and evaluation users, SASRec with the reference hyper-parameters (hidden 64, 2 blocks,
    2 heads, max_len 50, dropout 0.5, Adam lr 1e-3, batch 256, one sampled negative per position,
    BCE), full ranking over all items with the user's history excluded, validation NDCG@10 every
-   epoch with ``--patience``. DESIGN.md's trap: an epoch is the baseline's natural number of
+   epoch with ``--patience``. The fairness rule: an epoch is the baseline's natural number of
    optimizer steps for every arm (patience and the ``--max-epochs`` budget are therefore counted in
    steps), so a variant never gets more updates than the baseline, and the baseline stops when its
    validation NDCG@10 has converged.
@@ -67,9 +67,9 @@ PUBLISHED = {  # full ranking on this exact file
     "ICLRec (WWW 2022)": {"hr@10": 0.0437, "ndcg@10": 0.0238},
 }
 BASELINE_SOURCE = "SASRec (S3-Rec, CIKM 2020)"
-DESIGN_REFERENCE = {"hr@10": 0.0329, "ndcg@10": 0.0182, "patience": 10, "best_epoch": 58}  # DESIGN.md, 1 seed
+DESIGN_REFERENCE = {"hr@10": 0.0329, "ndcg@10": 0.0182, "patience": 10, "best_epoch": 58}  # the project's first 1-seed reproduction
 TOLERANCE = 0.10
-REFERENCE = {  # SASRec as in the S3-Rec / ICLRec baselines (DESIGN.md)
+REFERENCE = {  # SASRec as in the S3-Rec / ICLRec baselines
     "model": "sasrec", "hidden": 64, "blocks": 2, "heads": 2, "max_len": 50, "dropout": 0.5, "attention_dropout": 0.5,
     "lr": 1e-3, "weight_decay": 0.0, "batch_size": 256, "eval_every": 1, "negatives_protocol": "full",
     "exclude_history": True, "early_stopping_metric": "ndcg@10", "ks": [1, 5, 10, 20], "steps_per_epoch": None,
@@ -124,7 +124,7 @@ def build_config(args, warehouse: Path):
 
 def needed_generators(cfg) -> list[str]:
     """The generator models the configured branches use (``recaug fit`` trains only these)."""
-    from recaug_spark.augment.base import build
+    from recaug_spark.augment.registry import build
     from recaug_spark.augment.generator_ops import GeneratorAugmenter
 
     names = []
@@ -248,7 +248,7 @@ def format_baseline(summary: dict) -> str:
         ci = "n/a" if math.isnan(s["half_width"]) else f"{s['half_width']:.4f}"
         lines.append(f"{metric:<10}{s['mean']:>13.4f} ± {ci:<6}{s['published']:>11.4f}{s['relative_gap']:>+9.1%}  "
                      f"{'yes' if s['within_tolerance'] else 'NO'}")
-    lines.append(f"(DESIGN.md, 1 seed, patience {DESIGN_REFERENCE['patience']}: HR@10 {DESIGN_REFERENCE['hr@10']} / "
+    lines.append(f"(first reproduction, 1 seed, patience {DESIGN_REFERENCE['patience']}: HR@10 {DESIGN_REFERENCE['hr@10']} / "
                  f"NDCG@10 {DESIGN_REFERENCE['ndcg@10']} at epoch {DESIGN_REFERENCE['best_epoch']})")
     if summary["converged_runs"] < summary["runs"]:
         lines.append(f"Note: {summary['runs'] - summary['converged_runs']} of {summary['runs']} baseline run(s) hit "

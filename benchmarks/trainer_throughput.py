@@ -140,7 +140,7 @@ def delta_vs_memory(table: dict, args) -> dict:
     from recaug_spark.train.config import TrainConfig
     from recaug_spark.train.data import SequenceTrainingData, Vocabulary, pinned_files, read_sequences
     from recaug_spark.train.models import bce_loss, build_model
-    from recaug_spark.train.trainer import _model_params, resolve_device
+    from recaug_spark.train.trainer import model_params, resolve_device
 
     cfg = TrainConfig(num_threads=args.threads, device=args.device)
     device = resolve_device(cfg.device)
@@ -155,7 +155,7 @@ def delta_vs_memory(table: dict, args) -> dict:
 
     def fresh_model():
         torch.manual_seed(seed)
-        model = build_model(cfg.model, vocabulary.n_items, **_model_params(cfg)).to(device)
+        model = build_model(cfg.model, vocabulary.n_items, **model_params(cfg)).to(device)
         model.train()
         return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
 
@@ -198,7 +198,8 @@ def delta_vs_memory(table: dict, args) -> dict:
         return {"seconds": time.perf_counter() - start, "read_seconds": read, "samples": n}
 
     delta, memory, loader = interleaved_best(args.repeats, from_delta, from_memory, data_only)
-    if delta["samples"] != memory["samples"] or abs(delta["last_loss"] - memory["last_loss"]) > 1e-4 * abs(memory["last_loss"]):
+    loss_gap = abs(delta["last_loss"] - memory["last_loss"])
+    if delta["samples"] != memory["samples"] or loss_gap > 1e-4 * abs(memory["last_loss"]):
         raise AssertionError(f"the two sides trained differently: delta {delta}, memory {memory}")
     for side in (delta, memory, loader):
         side["samples_per_s"] = side["samples"] / side["seconds"]

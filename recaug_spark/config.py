@@ -259,59 +259,62 @@ class CleanConfig(_Section):
         return values
 
 
-class BranchConfig(_Section):
-    """One branch of the augmentation pipeline: a chain of operators and how many copies it makes."""
+class _ChainConfig(_Section):
+    """A chain of operators (names joined by ">"), its copies and its operators' parameters; the
+    subclass names the registry that must know every operator and parameter."""
 
-    chain: str  # operator names joined by ">", e.g. "crop > mask"
-    copies: int = Field(1, ge=1, le=100)  # augmented copies of each targeted real sequence
+    chain: str
+    copies: int = Field(1, ge=1, le=100)  # augmented copies of each targeted real sequence / item
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # operator name -> its parameters
-    # Targeting (recaug_spark.augment.targeting), combined with AND; None = no restriction.
-    max_length: int | None = Field(None, ge=1)  # only sequences of at most this many training events
-    cold_start_days: int | None = Field(None, ge=1)  # only users first seen in the data's last N days
-    long_tail_share: float | None = Field(None, gt=0, le=1)  # only sequences with a least-popular-share item
 
     @property
     def operators(self) -> list[str]:
         return [name.strip() for name in self.chain.split(">") if name.strip()]
 
-    @model_validator(mode="after")
-    def _known_operators(self) -> "BranchConfig":
-        from recaug_spark.augment.base import build
+    @staticmethod
+    def _builder():
+        raise NotImplementedError
 
+    @model_validator(mode="after")
+    def _known_operators(self) -> "_ChainConfig":
         if not self.operators:
             raise ValueError("chain is empty; write operator names joined by '>', e.g. 'crop > mask'")
         unused = sorted(set(self.params) - set(self.operators))
         if unused:
             raise ValueError(f"params given for {unused}, which are not in the chain {self.operators}")
+        build = self._builder()
         for name in self.operators:
             build(name, self.params.get(name))  # unknown names or parameters fail here, listing the known ones
         return self
 
 
-class ItemBranchConfig(_Section):
-    """One branch of item augmentation: a chain of item operators and how many copies it makes."""
+class BranchConfig(_ChainConfig):
+    """One branch of the augmentation pipeline: a chain of operators (e.g. "crop > mask") and how
+    many copies it makes, with targeting."""
 
-    chain: str  # item operator names joined by ">", e.g. "synonym_replace > price_noise"
-    copies: int = Field(1, ge=1, le=100)  # augmented copies of each targeted real item
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # operator name -> its parameters
+    # Targeting (recaug_spark.augment.targeting), combined with AND; None = no restriction.
+    max_length: int | None = Field(None, ge=1)  # only sequences of at most this many training events
+    cold_start_days: int | None = Field(None, ge=1)  # only users first seen in the data's last N days
+    long_tail_share: float | None = Field(None, gt=0, le=1)  # only sequences with a least-popular-share item
+
+    @staticmethod
+    def _builder():
+        from recaug_spark.augment.registry import build
+
+        return build
+
+
+class ItemBranchConfig(_ChainConfig):
+    """One branch of item augmentation: a chain of item operators (e.g. "synonym_replace >
+    price_noise") and how many copies it makes."""
+
     long_tail_only: bool | None = None  # None: the section's long_tail_only
 
-    @property
-    def operators(self) -> list[str]:
-        return [name.strip() for name in self.chain.split(">") if name.strip()]
+    @staticmethod
+    def _builder():
+        from recaug_spark.augment.registry import build_item
 
-    @model_validator(mode="after")
-    def _known_operators(self) -> ItemBranchConfig:
-        from recaug_spark.augment.item_ops import build_item_augmenter
-
-        if not self.operators:
-            raise ValueError("chain is empty; write item operator names joined by '>', e.g. 'synonym_replace > price_noise'")
-        unused = sorted(set(self.params) - set(self.operators))
-        if unused:
-            raise ValueError(f"params given for {unused}, which are not in the chain {self.operators}")
-        for name in self.operators:
-            build_item_augmenter(name, self.params.get(name))  # unknown names or parameters fail, listing the known ones
-        return self
+        return build_item
 
 
 class ItemAugmentConfig(_Section):
@@ -417,10 +420,50 @@ class TrainConfig(_Section):
 
 
 class VariantConfig(_Section):
-    """One arm of an experiment: the real rows plus the augmented rows of ``chains`` ("all": every chain)."""
+    """One arm of an experiment: the real rows plus the augmented rows of ``chains`` ("all": every
+    chain), consumed as ``consume`` says:
+
+    * ``rows`` — extra training sequences, beside the real ones;
+    * ``weighted`` — extra sequences whose next-item loss is weighted per chain (``chain_weights``,
+      ``weight`` for the chains not listed; real rows weigh 1);
+    * ``contrastive`` — the next-item loss on real rows only, plus ``contrastive_weight`` × an
+      InfoNCE term between two views of the same parent (``temperature``); see
+      ``recaug_spark.train.contrastive``;
+    * ``pretrain`` — ``pretrain_epochs`` epochs on real + augmented rows, then training on the real
+      rows only with the usual early stopping (the ASReP recipe).
+    """
 
     name: str
     chains: Literal["all"] | tuple[str, ...] = "all"  # operator chains as in augmented_sequences.operator_chain
+    consume: Literal["rows", "weighted", "contrastive", "pretrain"] = "rows"
+    weight: float = Field(1.0, ge=0)  # weighted: loss weight of an augmented row's positions
+    chain_weights: dict[str, float] = {}  # weighted: per-chain weights, overriding ``weight``
+    contrastive_weight: float = Field(0.1, gt=0)  # contrastive: weight of the InfoNCE term
+    temperature: float = Field(1.0, gt=0)  # contrastive: InfoNCE temperature
+    pretrain_epochs: int = Field(10, ge=1)  # pretrain: epochs on real + augmented before real only
+
+    @model_validator(mode="after")
+    def _mode_keys(self) -> "VariantConfig":
+        owners = {"weight": "weighted", "chain_weights": "weighted", "contrastive_weight": "contrastive",
+                  "temperature": "contrastive", "pretrain_epochs": "pretrain"}
+        defaults = {name: field.default for name, field in type(self).model_fields.items()}
+        stray = sorted(k for k, mode in owners.items() if mode != self.consume and getattr(self, k) != defaults[k])
+        if stray:
+            raise ValueError(f"variant {self.name!r} consumes its rows as {self.consume!r}: {stray} belong to other "
+                             f"modes ({', '.join(f'{k}: {owners[k]}' for k in stray)})")
+        if any(w < 0 for w in self.chain_weights.values()):
+            raise ValueError(f"variant {self.name!r}: chain_weights must be >= 0, got {self.chain_weights}")
+        unknown = sorted(set(self.chain_weights) - set(self.chains)) if self.chains != "all" else []
+        if unknown:
+            raise ValueError(f"variant {self.name!r}: chain_weights names {unknown}, not among its chains "
+                             f"{list(self.chains)}")
+        return self
+
+    def chain_weight(self, chain: str) -> float:
+        """The loss weight of ``chain``'s rows (1 for every chain unless ``consume`` is ``weighted``)."""
+        if self.consume != "weighted":
+            return 1.0
+        return float(self.chain_weights.get(chain, self.weight))
 
     @field_validator("name")
     @classmethod

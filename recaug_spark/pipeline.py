@@ -9,7 +9,6 @@ heavy dependencies load only when it runs.
 from __future__ import annotations
 
 import importlib
-import json
 from typing import Callable
 
 from recaug_spark.config import STAGES, Config
@@ -109,7 +108,3 @@ def _train_summary(ctx: RunContext, result: StageResult) -> list[str]:
         lines.append(f"  {variant:<20} {cells[0]}   {cells[1]}   steps {counts.get(f'steps.{variant}', 0):,}{change}")
     lines.append(f"  report: {report_dir(ctx) / 'report.md'}")
     return lines
-
-
-def results_json(results: list[StageResult]) -> str:
-    return json.dumps([r.__dict__ for r in results], indent=2, default=str)

@@ -1,4 +1,4 @@
-"""Canonical table schemas (DESIGN.md). Columns may grow; none may silently change type."""
+"""Canonical table schemas of the warehouse. Columns may grow; none may silently change type."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ RAW_EVENT_FIELDS = (
     "country", "device",
 )
 RAW_ITEM_FIELDS = ("item_id", "title", "description", "category", "price", "attributes")
-SOURCE_COLUMNS = ("_source", "_raw")
 
 EVENT_TYPES = ("view", "cart", "purchase", "return")
 
@@ -115,4 +114,46 @@ SEQUENCE_TARGETS = T.StructType([
     T.StructField("item_id", T.StringType(), False),
     T.StructField("ts", T.TimestampType(), False),
     T.StructField("event_type", T.StringType(), False),
+])
+
+# ---- gold tables written by the augment stage (recaug_spark/stages/augment.py, augment_items.py) ----
+
+# Where every row of an augmented table comes from, in the same columns for sequences and items:
+# real rows carry REAL_CHAIN and null branch/copy/params; augmented rows their branch's chain.
+PROVENANCE_FIELDS = (
+    T.StructField("origin", T.StringType(), False),  # REAL_CHAIN, "augmented", or "synthetic" (new users)
+    T.StructField("operator_chain", T.StringType(), False),  # REAL_CHAIN, or e.g. "crop>mask"
+    T.StructField("branch", T.IntegerType(), True),  # index of the config branch
+    T.StructField("copy", T.IntegerType(), True),
+    T.StructField("params", T.StringType(), True),  # JSON: operator -> parameters, plus the branch's targeting
+    T.StructField("seed", T.LongType(), False),
+    T.StructField("generator", T.StringType(), True),  # name@version of the models (or lexicon) the chain uses
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("config_hash", T.StringType(), False),
+)
+
+AUGMENTED_SEQUENCES = T.StructType([
+    T.StructField("sequence_id", T.StringType(), False),  # user_id for real rows, user_id~branch:copy[:k] otherwise
+    T.StructField("user_id", T.StringType(), False),  # the real user whose training sequence is the parent
+    T.StructField("item_ids", T.ArrayType(T.StringType()), False),
+    T.StructField("timestamps", T.ArrayType(T.TimestampType()), False),
+    T.StructField("event_types", T.ArrayType(T.StringType()), False),
+    T.StructField("session_ids", T.ArrayType(T.StringType()), True),
+    T.StructField("countries", T.ArrayType(T.StringType()), True),
+    T.StructField("devices", T.ArrayType(T.StringType()), True),
+    T.StructField("negative_item_ids", T.ArrayType(T.StringType()), True),  # sampled negative per position
+    T.StructField("length", T.IntegerType(), False),
+    *PROVENANCE_FIELDS,
+])
+
+AUGMENTED_ITEMS = T.StructType([
+    T.StructField("variant_id", T.StringType(), False),  # item_id for real rows, item_id~branch:copy otherwise
+    T.StructField("item_id", T.StringType(), False),  # the real parent item
+    T.StructField("title", T.StringType(), True),
+    T.StructField("description", T.StringType(), True),
+    T.StructField("category", T.StringType(), True),
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("price_imputed", T.BooleanType(), True),  # the parent's flag (real rows: as in `items`)
+    T.StructField("attributes", T.StringType(), True),
+    *PROVENANCE_FIELDS,
 ])

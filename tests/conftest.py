@@ -1,7 +1,25 @@
-"""One SparkSession for the whole suite (local[2], UI off, few shuffle partitions)."""
+"""One SparkSession for the whole suite (local[2], UI off, few shuffle partitions), and the markers.
+
+Markers (registered in ``pytest.ini``; applied here, in :func:`pytest_collection_modifyitems`, so that
+no test has to remember them):
+
+* ``spark``: needs a JVM. The test uses the session ``spark`` fixture, directly or through other
+  fixtures (``default_run``, ``toy_generators``, a module's own fixture...), or asks for one of this
+  file's Spark fixtures at run time (``request.getfixturevalue``), or is a ``cluster`` test;
+* ``cluster``: in a file that starts a Spark standalone cluster (:data:`CLUSTER_FILES`);
+* ``realdata``: reads ``../shared/datasets`` (calls :func:`dataset_path`, itself or in a fixture it
+  uses); such a test skips, with the reason, where that folder is absent;
+* ``slow``: takes more than ~20 s on a 2-core machine: uses a fixture of :data:`SLOW_FIXTURES`, reads
+  real data, or is one of :data:`SLOW_TESTS`.
+
+``pytest -m "not spark"`` runs the Spark-free tests in seconds; ``pytest -m "not slow"`` skips the
+minutes-long ones; a plain ``pytest`` runs everything.
+"""
 
 from __future__ import annotations
 
+import inspect
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -10,6 +28,63 @@ from recaug_spark.config import SparkConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+CLUSTER_FILES = frozenset({"test_cluster.py", "test_standalone_e2e.py", "test_determinism_cluster.py"})
+# This file's fixtures that start (or stand on) the session SparkSession.
+SPARK_FIXTURES = ("spark", "default_run", "trained_run", "toy_generators")
+# The pipeline (generate → augment on 5,000 events) and its train stage: minutes, once per session.
+SLOW_FIXTURES = frozenset({"default_run", "trained_run"})
+# Tests that take more than ~20 s on their own (file::function, every parametrization).
+SLOW_TESTS = {
+    "test_cluster.py::test_start_run_job_stop": "starts a master and a worker, runs a job on them",
+    "test_standalone_e2e.py::test_pipeline_on_standalone_cluster": "the whole pipeline through spark-submit",
+    "test_determinism_cluster.py::test_same_rows_with_one_or_two_executors_and_after_a_killed_task":
+        "three augment jobs on a two-worker cluster",
+    "test_notebooks.py::test_notebook_executes_on_the_default_run": "a Jupyter kernel per notebook",
+    "test_generator_sequence.py::test_two_torch_distributor_ranks_train_the_same_kind_of_generator":
+        "two TorchDistributor ranks, 30 epochs",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in _markers(item):
+            item.add_marker(marker)
+
+
+def _markers(item) -> list[str]:
+    file = item.path.name
+    function = getattr(item, "function", None)
+    fixtures = set(getattr(item, "fixturenames", ()))  # the closure: fixtures used through other fixtures too
+    if "getfixturevalue" in _source(function):  # fixtures asked for at run time: the ones its module names
+        module = _file_text(str(item.path))
+        fixtures |= {name for name in SPARK_FIXTURES if f'"{name}"' in module}
+    cluster = file in CLUSTER_FILES
+    realdata = any("dataset_path(" in _source(f) for f in (function, *_fixture_functions(item)))
+    test = f"{file}::{getattr(item, 'originalname', item.name)}"
+    slow = bool(fixtures & SLOW_FIXTURES) or realdata or test in SLOW_TESTS
+    spark = cluster or bool(fixtures & set(SPARK_FIXTURES))
+    flags = {"spark": spark, "cluster": cluster, "realdata": realdata, "slow": slow}
+    return [marker for marker, on in flags.items() if on]
+
+
+def _fixture_functions(item) -> list:
+    """The functions of the fixtures the test uses (pytest's fixture info; empty if it ever moves)."""
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return [d.func for name in getattr(item, "fixturenames", ()) for d in definitions.get(name, ())]
+
+
+@lru_cache(maxsize=None)
+def _source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+@lru_cache(maxsize=None)
+def _file_text(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
 
 
 def dataset_path(*parts: str) -> Path:
@@ -97,7 +172,8 @@ def toy_generators(spark, tmp_path_factory):
     valid = spark.createDataFrame(following, "user_id string, item_id string, split string")
     refs = {}
     for direction in ("forward", "reverse"):
-        cfg = SequenceGeneratorConfig(direction=direction, hidden=16, epochs=30, dropout=0.0, lr=5e-3, fidelity_users=50)
+        cfg = SequenceGeneratorConfig(direction=direction, hidden=16, epochs=30, dropout=0.0, lr=5e-3,
+                                      fidelity_users=50)
         refs[direction] = fit_sequence_generator(sequences, valid if direction == "forward" else None, cfg, models,
                                                  name=f"{direction}_transformer", trained_on={"sequences": 0})
     return models, refs, rows

@@ -15,8 +15,10 @@ from recaug_spark.augment.balance_ops import (
     NegativeState,
     fit_negative_state,
 )
-from recaug_spark.augment.base import AugmenterError, Draws, build
+from recaug_spark.augment.base import AugmenterError, Draws
 from recaug_spark.augment.batch import SequenceBatch, apply_edit
+from recaug_spark.augment.registry import build
+from recaug_spark.schemas import REAL_CHAIN
 
 CATEGORY = {"a": "shoes", "b": "shoes", "c": "shoes", "d": "bags", "e": "bags", "f": "hats", "g": None}
 
@@ -235,7 +237,7 @@ def test_augment_stage_writes_aligned_negatives_outside_the_users_items(spark):
 
     from recaug_spark.config import AugmentConfig, BranchConfig
     from recaug_spark.schemas import ITEMS, SEQUENCES
-    from recaug_spark.stages.augment import augment_sequences
+    from recaug_spark.augment.engine import augment_sequences
 
     rows = sequence_rows(30)
     sequences = spark.createDataFrame(rows, SEQUENCES)
@@ -251,4 +253,4 @@ def test_augment_stage_writes_aligned_negatives_outside_the_users_items(spark):
         for positive, negative in zip(row.item_ids, row.negative_item_ids):
             assert negative is not None and negative not in own[row.user_id]
             assert int(negative[1:]) // 10 == int(positive[1:]) // 10  # same category
-    assert all(r.negative_item_ids is None for r in out if r.origin == "real")
+    assert all(r.negative_item_ids is None for r in out if r.origin == REAL_CHAIN)

@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recaug_spark.augment.base import Draws, build
+from recaug_spark.augment.base import Draws, FitContext
 from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
 from recaug_spark.augment.catalog_ops import NeighbourState, neighbour_table
+from recaug_spark.augment.registry import build
+from recaug_spark.schemas import REAL_CHAIN
 
 T0 = dt.datetime(2024, 1, 1)
 
@@ -217,7 +219,7 @@ def reference_table(histories, groups, window):
 def test_fit_keeps_same_category_and_band_neighbours_ranked_by_cosine(frames):
     sequences, items = frames
     op = build("correlated_substitute", {"window": 1, "price_bands": 2})
-    state = op.fit(sequences.sparkSession, sequences, items)
+    state = op.fit(FitContext(sequences, items))
     # a-d co-occur most but d is in another category; a-e often but e is in the upper price band of X;
     # q, r are unpriced (band unknown) so never neighbours of t; p's two neighbours tie: by id
     assert {i: state.neighbours_of(i) for i in "abcdeqprt"} == {
@@ -227,7 +229,7 @@ def test_fit_keeps_same_category_and_band_neighbours_ranked_by_cosine(frames):
     sim_ab, sim_ac = 3 / math.sqrt(8 * 3), 1 / math.sqrt(8 * 2)
     assert state.cumulative[:2] == pytest.approx([sim_ab / (sim_ab + sim_ac), 1.0])
 
-    again = op.fit(sequences.sparkSession, sequences.repartition(3), items.repartition(2))
+    again = op.fit(FitContext(sequences.repartition(3), items.repartition(2)))
     assert again.items.equals(state.items)
     for name in ("indptr", "neighbours", "cumulative"):
         assert np.array_equal(getattr(again, name), getattr(state, name)), name
@@ -250,7 +252,7 @@ def test_neighbour_table_matches_a_brute_force_count_and_keeps_top_k(frames):
 
 def test_correlated_substitute_runs_through_the_augment_stage_and_stays_within_the_catalog(frames):
     from recaug_spark.config import AugmentConfig, BranchConfig
-    from recaug_spark.stages.augment import augment_sequences
+    from recaug_spark.augment.engine import augment_sequences
 
     sequences, items = frames
     params = {"rate": 1.0, "window": 1, "price_bands": 2}
@@ -259,7 +261,7 @@ def test_correlated_substitute_runs_through_the_augment_stage_and_stays_within_t
     rows = augment_sequences(sequences, cfg, 7, "r", "h", items=items).collect()
     parents = {f"u{u:02d}": h for u, h in enumerate(HISTORIES)}
     allowed = {"a": {"b", "c"}, "b": {"a", "c"}, "c": {"a", "b"}, "p": {"q", "r"}, "q": {"p"}, "r": {"p"}}
-    assert Counter(r.origin for r in rows) == {"real": len(HISTORIES), "augmented": 2 * len(HISTORIES)}
+    assert Counter(r.origin for r in rows) == {REAL_CHAIN: len(HISTORIES), "augmented": 2 * len(HISTORIES)}
     for row in rows:
         parent = parents[row.user_id]
         assert set(row.item_ids) <= {i for i, _, _ in CATALOG} and len(row.item_ids) == len(parent)

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from recaug_spark.augment.base import build
+from recaug_spark.augment.base import FitContext
+from recaug_spark.augment.engine import augment_sequences
+from recaug_spark.augment.registry import build
 from recaug_spark.config import AugmentConfig, BranchConfig
 from recaug_spark.generators.artifacts import ArtifactError
-from recaug_spark.stages.augment import augment_sequences
+from recaug_spark.schemas import REAL_CHAIN
 
 GREEDY = {"top_k": 1, "k": 3}
 BRANCHES = (
@@ -50,7 +52,7 @@ def augmented(spark, toy_generators):
 
 def test_prehistory_prepends_the_predecessors_before_the_first_event(augmented):
     frame, rows, refs, _ = augmented
-    real = {r.user_id: r for r in rows if r.origin == "real"}
+    real = {r.user_id: r for r in rows if r.origin == REAL_CHAIN}
     pre = [r for r in rows if r.operator_chain == "prehistory"]
     assert pre and all(real[r.user_id].length <= 4 for r in pre)  # targeting: short sequences only
     assert len(pre) == sum(1 for r in real.values() if r.length <= 4)
@@ -64,7 +66,7 @@ def test_prehistory_prepends_the_predecessors_before_the_first_event(augmented):
 
 def test_extend_appends_the_successors_after_the_last_event(augmented):
     _, rows, refs, _ = augmented
-    real = {r.user_id: r for r in rows if r.origin == "real"}
+    real = {r.user_id: r for r in rows if r.origin == REAL_CHAIN}
     extended = [r for r in rows if r.operator_chain == "extend"]
     assert len(extended) == len(real)
     for row in extended:
@@ -76,7 +78,7 @@ def test_extend_appends_the_successors_after_the_last_event(augmented):
 
 def test_synthetic_users_are_marked_and_start_from_a_real_first_item(augmented):
     _, rows, refs, _ = augmented
-    real = {r.user_id: r for r in rows if r.origin == "real"}
+    real = {r.user_id: r for r in rows if r.origin == REAL_CHAIN}
     synthetic = [r for r in rows if r.operator_chain == "synthetic_user"]
     assert len(synthetic) == len(real) and {r.origin for r in synthetic} == {"synthetic"}
     for row in synthetic:
@@ -97,10 +99,10 @@ def test_a_model_of_another_vocabulary_or_none_fails_at_fit(spark, toy_generator
     other = sequences_frame(spark, [("x", ["i01", "zz-new-item"])])
     op = build("extend")
     with pytest.raises(ArtifactError, match="another item vocabulary"):
-        op.fit(spark, other, None, models_dir=str(models))
+        op.fit(FitContext(other, models_dir=str(models)))
     shutil.rmtree(tmp_path / "empty", ignore_errors=True)
     with pytest.raises(ArtifactError, match="recaug fit"):
-        op.fit(spark, other, None, models_dir=str(tmp_path / "empty"))
+        op.fit(FitContext(other, models_dir=str(tmp_path / "empty")))
 
 
 @pytest.mark.parametrize("name", ["prehistory", "extend", "synthetic_user"])
@@ -110,7 +112,7 @@ def test_a_batch_where_the_branch_targets_nobody_gives_an_empty_edit(spark, toy_
 
     models, _, rows = toy_generators
     op = build(name)
-    state = op.fit(spark, sequences_frame(spark, rows), None, models_dir=str(models))
+    state = op.fit(FitContext(sequences_frame(spark, rows), models_dir=str(models)))
     empty = SequenceBatch.from_lists(np.zeros(0, dtype=np.uint64), [])
     edit = op.plan(empty, Draws(1, name, empty.keys), state)
     assert list(edit.offsets) == [0] and len(edit.positions) == 0

@@ -15,24 +15,23 @@ from pydantic import ValidationError
 
 from recaug_spark.augment.base import AugmenterError
 from recaug_spark.augment.item_ops import (
-    ITEM_REGISTRY,
     FeatureStat,
     ItemState,
-    Lexicon,
     apply_chain,
-    build_item_augmenter,
     fit_feature_stats,
     is_protected,
     protected_mask,
-    tokenize,
-    wordnet_lexicon,
 )
+from recaug_spark.augment.registry import ITEM_REGISTRY, build_item
 from recaug_spark.config import (
     ConfigError,
     ItemAugmentConfig,
     ItemBranchConfig,
     load_config,
 )
+from recaug_spark.schemas import REAL_CHAIN
+from recaug_spark.text.lexicon import Lexicon, wordnet_lexicon
+from recaug_spark.text.tokens import tokenize
 
 LEXICON = Lexicon.from_mapping({"shirt": ["tee"], "soft": ["mild"], "warm": ["cozy"]},
                                known=["blue", "red", "made", "cotton", "acme"])
@@ -49,7 +48,7 @@ def frame(*titles, attributes=None, prices=None, category="tops"):
 
 
 def run(op_name, items, params=None, *, state=None, seed=7, copy=0, branch=0):
-    op = build_item_augmenter(op_name, {"fields": ["title"], **(params or {})} if op_name in TEXT_OPS else params)
+    op = build_item(op_name, {"fields": ["title"], **(params or {})} if op_name in TEXT_OPS else params)
     return apply_chain(items, [op], state or ItemState(lexicon=LEXICON), seed=seed, branch=branch, copy=copy)
 
 
@@ -66,11 +65,11 @@ def test_registry_names_every_operator_and_rejects_unknown_ones():
     assert set(ITEM_REGISTRY) == {"synonym_replace", "random_insert", "random_swap", "random_delete", "price_noise",
                                   "feature_noise", "attribute_generate", "describe_expand"}
     with pytest.raises(AugmenterError, match="known: .*price_noise.*synonym_replace"):
-        build_item_augmenter("synonym_swap")
+        build_item("synonym_swap")
     with pytest.raises(AugmenterError, match="allowed: .*alpha"):
-        build_item_augmenter("random_swap", {"alpa": 0.1})
+        build_item("random_swap", {"alpa": 0.1})
     with pytest.raises(AugmenterError, match="fields"):
-        build_item_augmenter("random_delete", {"fields": ["sku"]})
+        build_item("random_delete", {"fields": ["sku"]})
 
 
 @pytest.mark.parametrize("core, start, protected", [
@@ -163,7 +162,7 @@ def is_subsequence(part, whole):
 def test_determinism_is_per_item_seed_and_copy():
     titles = [f"soft warm shirt {i} made of red cotton" for i in range(300)]  # more than one chunk of draws
     items = frame(*titles)
-    op = [build_item_augmenter("random_swap", {"alpha": 0.5}), build_item_augmenter("synonym_replace")]
+    op = [build_item("random_swap", {"alpha": 0.5}), build_item("synonym_replace")]
     state = ItemState(lexicon=LEXICON)
     first = apply_chain(items, op, state, seed=3, branch=1, copy=0)
     assert first.equals(apply_chain(items, op, state, seed=3, branch=1, copy=0))
@@ -318,15 +317,15 @@ def long_tail(sequences_rows, n_items=60, share=0.5):
 
 
 def test_real_rows_equal_the_input_and_provenance_is_complete(augmented):
-    from recaug_spark.stages.augment_items import AUGMENTED_ITEMS
+    from recaug_spark.schemas import AUGMENTED_ITEMS
 
     rows, _ = augmented
     names = AUGMENTED_ITEMS.names
     records = [dict(zip(names, r)) for r in rows]
-    real = [r for r in records if r["origin"] == "real"]
+    real = [r for r in records if r["origin"] == REAL_CHAIN]
     assert sorted(tuple(r[c] for c in ("item_id", "title", "description", "category", "price", "price_imputed",
                                        "attributes")) for r in real) == sorted(item_rows())
-    assert all(r["variant_id"] == r["item_id"] and r["operator_chain"] == "real" for r in real)
+    assert all(r["variant_id"] == r["item_id"] and r["operator_chain"] == REAL_CHAIN for r in real)
     titles = {r["item_id"]: r["title"] for r in real}
     for r in records:
         assert r["seed"] == 11 and r["run_id"] == "run-1" and r["config_hash"] == "cfg-h"
@@ -350,7 +349,7 @@ def test_long_tail_targeting_augments_only_long_tail_items(augmented):
         by_chain.setdefault(r[9], []).append(r[1])
     assert len(tail) == 30 and sorted(by_chain["synonym_replace>random_swap"]) == sorted(list(tail) * 2)  # 2 copies
     assert set(by_chain["random_delete>feature_noise"]) == tail and len(by_chain["random_delete>feature_noise"]) == 30
-    assert len(by_chain["price_noise"]) == 60 and len(by_chain["real"]) == 60  # this branch overrides targeting
+    assert len(by_chain["price_noise"]) == 60 and len(by_chain[REAL_CHAIN]) == 60  # this branch overrides targeting
 
 
 def test_output_is_identical_for_1_and_4_partitions(augmented):
@@ -359,7 +358,8 @@ def test_output_is_identical_for_1_and_4_partitions(augmented):
 
 
 def test_one_profile_pass_fits_the_same_statistics_as_the_pure_fit(spark_items):
-    from recaug_spark.stages.augment_items import ITEM_COLUMNS, profile_catalog
+    from recaug_spark.augment.arrow_io import ITEM_COLUMNS
+    from recaug_spark.stages.augment_items import profile_catalog
 
     items, _ = spark_items
     profile = profile_catalog(items)
@@ -386,7 +386,7 @@ def test_write_augmented_items_partitions_by_operator_chain(spark, spark_items, 
     ctx = RunContext.create(spark, cfg, run_id="items-1")
     ctx.warehouse.write("items", items, mode="overwrite")
     version, counts = write_augmented_items(ctx)
-    assert counts == {"price_noise": 60, "random_swap": 120, "real": 60}
+    assert counts == {"price_noise": 60, "random_swap": 120, REAL_CHAIN: 60}
     assert {p.name for p in (tmp_path / "wh" / "augmented_items").iterdir() if p.is_dir() and "=" in p.name} == {
         "operator_chain=price_noise", "operator_chain=random_swap", "operator_chain=real"}
     assert write_augmented_items(ctx) == (version, counts)  # the same run id: nothing refitted nor rewritten

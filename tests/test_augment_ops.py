@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recaug_spark.augment.base import AugmenterError, Draws, build
+from recaug_spark.augment.base import AugmenterError, Draws
 from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
-from recaug_spark.augment.sequence_ops import ItemVocabulary, select_per_sequence
+from recaug_spark.augment.kernels import ItemVocabulary, select_per_sequence
+from recaug_spark.augment.registry import build
 
 VOCAB = ItemVocabulary.from_counts(["p", "q", "r"], [1, 1, 8])
 EXTRA = pa.concat_arrays([pa.array([MASK_TOKEN]), VOCAB.items])

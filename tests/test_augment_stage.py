@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+from recaug_spark.augment.engine import augment_sequences
 from recaug_spark.config import AugmentConfig, BranchConfig, load_config
 from recaug_spark.runs import RunContext, record_stage
-from recaug_spark.schemas import ITEMS, SEQUENCES
-from recaug_spark.stages.augment import augment_sequences, run_augment
+from recaug_spark.schemas import ITEMS, REAL_CHAIN, SEQUENCES
+from recaug_spark.stages.augment import run_augment
 
 T0 = dt.datetime(2024, 1, 1)
 
@@ -64,7 +65,7 @@ def test_output_is_identical_for_1_and_8_partitions(spark, sequences):
 
 def test_real_rows_equal_the_input_and_augmented_rows_carry_provenance(spark, sequences):
     out = augment_sequences(sequences, AugmentConfig(branches=BRANCHES), 7, "run-9", "cfg-1")
-    real = out.where("origin = 'real'")
+    real = out.where(f"origin = '{REAL_CHAIN}'")
     assert sorted((r.user_id, tuple(r.item_ids), tuple(r.timestamps), tuple(r.countries), tuple(r.devices))
                   for r in real.collect()) == sorted(
         (u, tuple(i), tuple(t), tuple(c), tuple(d)) for u, i, t, _, _, c, d, _ in sequence_rows())
@@ -145,7 +146,7 @@ def test_augmenters_see_only_the_most_recent_events_of_heavy_users(spark):
     df = spark.createDataFrame([heavy], SEQUENCES)
     cfg = AugmentConfig(max_input_events=50, branches=(BranchConfig(chain="reorder", params={"reorder": {"beta": 1.0}}),))
     rows = {r.origin: r for r in augment_sequences(df, cfg, 7, "r", "h").collect()}
-    assert rows["real"].item_ids == heavy[1]  # the real row is kept whole
+    assert rows[REAL_CHAIN].item_ids == heavy[1]  # the real row is kept whole
     augmented = rows["augmented"]
     assert sorted(augmented.item_ids) == sorted(heavy[1][-50:]) and augmented.item_ids != heavy[1][-50:]
     assert json.loads(augmented.params)["_input"] == {"max_input_events": 50}

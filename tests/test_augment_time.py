@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recaug_spark.augment.base import AugmenterError, Draws, build
+from recaug_spark.augment.base import AugmenterError, Draws
 from recaug_spark.augment.batch import MASK_TOKEN, SequenceBatch, apply_edit
 from recaug_spark.augment.context_ops import CONTEXT_FIELDS, ContextDistribution
-from recaug_spark.augment.sequence_ops import ItemVocabulary
-from recaug_spark.augment.time_ops import MINUTE_US, WEEK_US
+from recaug_spark.augment.kernels import MINUTE_US, ItemVocabulary
+from recaug_spark.augment.registry import build
+from recaug_spark.augment.time_ops import WEEK_US
+from recaug_spark.schemas import REAL_CHAIN
 
 VOCAB = ItemVocabulary.from_counts(["p", "q", "r"], [1, 1, 8])
 CONTEXTS = ContextDistribution.from_counts(CONTEXT_FIELDS, [["DE", "DE", "FR"], ["ios", "web", "android"]], [5, 3, 2])
@@ -316,7 +318,7 @@ def test_context_distribution_fit_and_end_to_end_augment(spark):
     from recaug_spark.augment.context_ops import fit_context_distribution
     from recaug_spark.config import AugmentConfig, BranchConfig
     from recaug_spark.schemas import SEQUENCES
-    from recaug_spark.stages.augment import augment_sequences
+    from recaug_spark.augment.engine import augment_sequences
 
     extra = [("v0", ["a", "b", "c"], [dt.datetime(2024, 3, 4)] * 3, ["view"] * 3, ["v0-1"] * 3,
               ["DE", None, None], ["ios", "web", None], 3),
@@ -333,7 +335,7 @@ def test_context_distribution_fit_and_end_to_end_augment(spark):
         BranchConfig(chain="time_insert", params={"time_insert": {"rate": 0.2}}),
         BranchConfig(chain="context_swap", params={"context_swap": {"rate": 1.0}})))
     rows = augment_sequences(sequences, cfg, 7, "run", "cfg").collect()
-    real = {r.user_id: r for r in rows if r.origin == "real"}
+    real = {r.user_id: r for r in rows if r.origin == REAL_CHAIN}
     assert len(real) == 6 and len(rows) == 18
     for r in rows:
         parent = real[r.user_id]

@@ -99,3 +99,18 @@ def test_cli_config_command_prints_effective_config_and_hash():
     assert result.exit_code == 0, result.output
     assert "events: 12345" in result.output
     assert load_config(overrides=["generate.events=12345"]).hash in result.output
+
+
+def test_variant_consumption_modes_take_only_their_own_keys():
+    from recaug_spark.config import VariantConfig
+
+    weighted = VariantConfig(name="w", chains=["crop", "mask"], consume="weighted", weight=0.5,
+                             chain_weights={"crop": 0.2})
+    assert (weighted.chain_weight("crop"), weighted.chain_weight("mask")) == (0.2, 0.5)
+    assert VariantConfig(name="r", chains=["crop"]).chain_weight("crop") == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        VariantConfig(name="r", chains=["crop"], temperature=0.5)  # a contrastive key on a rows variant
+    with pytest.raises(ValueError, match="not among its chains"):
+        VariantConfig(name="w", chains=["crop"], consume="weighted", chain_weights={"mask": 1.0})
+    with pytest.raises(ValueError, match="consume"):
+        VariantConfig(name="x", consume="dropout")

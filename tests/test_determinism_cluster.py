@@ -1,5 +1,5 @@
 """Determinism on a real standalone cluster: the augmented rows are the same with 1 or 2 executors
-and after a task whose Python worker died mid-way was retried (DESIGN.md, Determinism)."""
+and after a task whose Python worker died mid-way was retried (docs/architecture.md, determinism)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ the written rows alone, the way ingest and clean will have to find them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import deltalake
@@ -16,10 +17,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from recaug_spark.config import ConfigError, GenerateConfig, load_config
+from recaug_spark.config import ConfigError, GenerateConfig, MessConfig, load_config
 from recaug_spark.runs import RunContext
 from recaug_spark.schemas import EVENT_TYPES, RAW_EVENT_FIELDS, RAW_ITEM_FIELDS
 from recaug_spark.stages import generate as gen
+from recaug_spark.synthetic import plan as P
+from recaug_spark.synthetic import simulator as S
+from recaug_spark.synthetic import vocabulary as V
+from recaug_spark.synthetic.rows import events_to_arrow, items_to_arrow
 
 SEED = 42
 EVENTS = 10_000
@@ -31,7 +36,7 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def test_permutation_is_a_bijection_and_inverts():
-    perm = gen._Permutation.create(SEED, "test", 2_000)
+    perm = P.Permutation.create(SEED, "test", 2_000)
     index = np.arange(2_000)
     public = perm.forward(index)
     assert sorted(public) == list(index)
@@ -41,7 +46,7 @@ def test_permutation_is_a_bijection_and_inverts():
 
 def test_activity_scale_hits_the_target_exactly_under_the_cap():
     weights = np.array([1.0, 2.0, 3.0, 100.0])
-    scale = gen._activity_scale(weights, target=30.0, cap=10)
+    scale = P._activity_scale(weights, target=30.0, cap=10)
     # 100 * s is capped at 10, so s * (1 + 2 + 3) = 20.
     assert scale == pytest.approx(20.0 / 6.0, rel=1e-9)
     assert np.minimum(scale * weights, 10).sum() == pytest.approx(30.0)
@@ -51,19 +56,19 @@ def test_sessions_of_one_user_never_overlap_after_separation():
     users = np.array([0, 0, 0, 1, 1])
     starts = np.array([1_000, 1_100, 50_000, 1_000, 1_050])
     durations = np.array([600, 300, 10, 100, 100])
-    separated = gen._separate_sessions(users, starts, durations)
+    separated = S._separate_sessions(users, starts, durations)
     # User 0: 1000-1600, then 1600 + 35 min gap = 3700 (not 1100); 50000 was free already.
-    assert separated.tolist() == [1_000, 1_600 + gen._MIN_SESSION_GAP_S, 50_000, 1_000,
-                                  1_100 + gen._MIN_SESSION_GAP_S]
+    assert separated.tolist() == [1_000, 1_600 + S._MIN_SESSION_GAP_S, 50_000, 1_000,
+                                  1_100 + S._MIN_SESSION_GAP_S]
 
 
 def test_numpy_simulation_lands_on_the_target_and_ignores_chunking():
     cfg = GenerateConfig(events=50_000)
-    plan = gen.plan_events(cfg, SEED)
+    plan = P.plan_events(cfg, SEED)
     users = np.arange(plan.n_users + plan.n_bots)
-    whole = gen.simulate_user_events(users, plan)
+    whole = S.simulate_user_events(users, plan)
     assert len(whole["ts"]) == pytest.approx(50_000, rel=0.03)
-    pieces = [gen.simulate_user_events(users[i:i + 777], plan) for i in range(0, len(users), 777)]
+    pieces = [S.simulate_user_events(users[i:i + 777], plan) for i in range(0, len(users), 777)]
     chunked = {name: np.concatenate([p[name] for p in pieces]) for name in whole}
     order_whole = np.lexsort((whole["ts"], whole["draw"], whole["key"], whole["planted"]))
     order_chunked = np.lexsort((chunked["ts"], chunked["draw"], chunked["key"], chunked["planted"]))
@@ -73,13 +78,43 @@ def test_numpy_simulation_lands_on_the_target_and_ignores_chunking():
 
 def test_plans_reject_impossible_configs():
     with pytest.raises(ConfigError, match="max_events_per_user"):
-        gen.plan_events(GenerateConfig(events=10_000, users=10, max_events_per_user=100), SEED)
+        P.plan_events(GenerateConfig(events=10_000, users=10, max_events_per_user=100), SEED)
     with pytest.raises(ConfigError, match="generate.items"):
-        gen.plan_catalog(GenerateConfig(items=10, categories=12), SEED)
+        P.plan_catalog(GenerateConfig(items=10, categories=12), SEED)
     with pytest.raises(ConfigError, match="generate.categories"):
         load_config(overrides=["generate.categories=17"])
     with pytest.raises(ConfigError, match="bad_row_rate"):
         load_config(overrides=["generate.mess.duplicate_rate=0.7", "generate.mess.bad_row_rate=0.5"])
+
+
+# A small shop with every kind of planted mess, and the SHA-256 (first 16 hex digits) of its rows.
+PINNED_MESS = MessConfig(duplicate_rate=0.03, near_duplicate_rate=0.03, bad_row_rate=0.05, return_rate=0.3,
+                         missing_session_id_rate=0.1, missing_item_price_rate=0.1, messy_item_text_rate=0.3)
+PINNED = {"events": (3_003, "c5f820683ed11b05"), "items": (150, "c9cf2f0d50d18671")}
+
+
+def _digest(batch: pa.RecordBatch) -> str:
+    digest = hashlib.sha256()
+    for name, column in zip(batch.schema.names, batch.columns):
+        digest.update(name.encode())
+        for value in column.to_pylist():
+            digest.update(b"\x00" if value is None else b"\x01" + value.encode())
+    return digest.hexdigest()[:16]
+
+
+def test_the_rows_of_a_seed_are_pinned_byte_for_byte():
+    """Same seed, same bytes: a refactoring of the vocabulary, the draws, the simulator or the row
+    rendering must not move one. Change the digests only for a deliberate change of the generated
+    data (it changes every warehouse built on the default shop), and say so in the change."""
+    cfg = GenerateConfig(events=3_000, items=150, mess=PINNED_MESS)
+    plan = P.plan_events(cfg, 7)
+    events = events_to_arrow(S.simulate_user_events(np.arange(plan.n_users + plan.n_bots), plan), plan,
+                             with_labels=True)
+    items = items_to_arrow(np.arange(cfg.items), plan.catalog, with_labels=True)
+    assert set(events.column("planted").to_pylist()) == {None, *V.EVENT_LABELS}  # every path is covered
+    assert set(items.column("planted").to_pylist()) == {None, *V.ITEM_LABELS}
+    assert set(events.column("event_type").to_pylist()) == set(EVENT_TYPES)
+    assert {"events": (events.num_rows, _digest(events)), "items": (items.num_rows, _digest(items))} == PINNED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,16 +160,16 @@ def _sorted_rows(rows) -> list[tuple]:
 
 def test_the_seed_changes_the_rows():
     cfg = GenerateConfig(events=5_000)
-    one = gen.simulate_user_events(np.arange(100), gen.plan_events(cfg, SEED))
-    other = gen.simulate_user_events(np.arange(100), gen.plan_events(cfg, SEED + 1))
+    one = S.simulate_user_events(np.arange(100), P.plan_events(cfg, SEED))
+    other = S.simulate_user_events(np.arange(100), P.plan_events(cfg, SEED + 1))
     assert len(np.intersect1d(one["session"], other["session"])) == 0
     assert not np.array_equal(one["item"][:50], other["item"][:50])
 
 
 def test_items_do_not_depend_on_batching():
-    catalog = gen.plan_catalog(GenerateConfig(items=1_000), SEED)
-    whole = gen.items_to_arrow(np.arange(1_000), catalog, with_labels=True)
-    pieces = [gen.items_to_arrow(np.arange(i, min(i + 333, 1_000)), catalog, with_labels=True)
+    catalog = P.plan_catalog(GenerateConfig(items=1_000), SEED)
+    whole = items_to_arrow(np.arange(1_000), catalog, with_labels=True)
+    pieces = [items_to_arrow(np.arange(i, min(i + 333, 1_000)), catalog, with_labels=True)
               for i in range(0, 1_000, 333)]
     assert pa.Table.from_batches(pieces).equals(pa.Table.from_batches([whole]))
 
@@ -182,7 +217,7 @@ def test_catalog_prices_are_lognormal_per_category(labelled, cfg):
     _, items = labelled
     priced = items[items["price"].notna()].assign(price=lambda f: f["price"].astype(float))
     assert (priced["price"] > 0).all()
-    by_category = {c.name: c for c in gen.CATEGORIES}
+    by_category = {c.name: c for c in V.CATEGORIES}
     for name, group in priced.groupby("category"):
         logs = np.log(group["price"])
         spec = by_category[name]
@@ -197,7 +232,7 @@ def test_valid_event_prices_are_positive_and_near_the_catalog_price(organic, lab
     ratio = prices["price"].astype(float) / prices["list"].astype(float)
     assert (prices["price"].astype(float) > 0).all()
     assert ratio.between(0.59, 1.0001).all()  # list price, or a 10-40% discount
-    assert (ratio < 0.999).mean() == pytest.approx(gen._DISCOUNT_RATE, abs=0.05)
+    assert (ratio < 0.999).mean() == pytest.approx(S._DISCOUNT_RATE, abs=0.05)
 
 
 def test_sessions_stay_mostly_in_one_category_and_follow_the_funnel(organic):
@@ -217,7 +252,7 @@ def test_sessions_stay_mostly_in_one_category_and_follow_the_funnel(organic):
 
 
 def test_activity_peaks_in_the_local_evening(organic):
-    offsets = {code: offset for code, _, offset in gen.COUNTRIES}
+    offsets = {code: offset for code, _, offset in V.COUNTRIES}
     local = organic["time"] + pd.to_timedelta(organic["country"].map(offsets), unit="h")
     hours = local.dt.hour.value_counts()
     assert hours.reindex(range(18, 23)).sum() > 5 * hours.reindex(range(2, 6), fill_value=0).sum()

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from recaug_spark import rng
-from recaug_spark.augment.item_ops import ItemDraws, ItemState, build_item_augmenter
+from recaug_spark.augment.base import Draws
+from recaug_spark.augment.item_ops import ItemState
+from recaug_spark.augment.registry import build_item
 from recaug_spark.generators import runtime
 from recaug_spark.generators.artifacts import manifest
 from recaug_spark.generators.attributes import AttributeGeneratorConfig, fit_attribute_generator
@@ -60,9 +62,9 @@ def test_fidelity_ranks_the_vae_and_the_copula_above_independent_sampling(fitted
 
 
 def apply(ref, frame, copy=0, scale=1.0):
-    op = build_item_augmenter("attribute_generate", {"scale": scale})
+    op = build_item("attribute_generate", {"scale": scale})
     keys = rng.key_strings(frame["item_id"].tolist())  # keyed by item id, as the stage's apply_chain does
-    return op.apply(frame, ItemDraws(7, "items/0:0:attribute_generate", keys, copy), ItemState(generators={op.artifact: ref}))
+    return op.apply(frame, Draws(7, "items/0:0:attribute_generate", keys, copy), ItemState(generators={op.artifact: ref}))
 
 
 def test_variants_respect_the_category_constraints(fitted):
@@ -99,6 +101,6 @@ def test_variants_are_deterministic_per_seed_item_and_copy(fitted):
 
 def test_missing_model_names_recaug_fit(fitted):
     frame, _ = fitted
-    op = build_item_augmenter("attribute_generate")
+    op = build_item("attribute_generate")
     with pytest.raises(ValueError, match="recaug fit"):
-        op.apply(frame.head(2), ItemDraws(1, "s", np.arange(2, dtype=np.uint64)), ItemState())
+        op.apply(frame.head(2), Draws(1, "s", np.arange(2, dtype=np.uint64)), ItemState())

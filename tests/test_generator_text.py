@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recaug_spark.augment.item_ops import ItemDraws, ItemState, build_item_augmenter
+from recaug_spark.augment.base import Draws
+from recaug_spark.augment.item_ops import ItemState
+from recaug_spark.augment.registry import build_item
 from recaug_spark.generators import runtime
 from recaug_spark.generators.artifacts import manifest
-from recaug_spark.generators.text import DescriptionConfig, HuggingFaceTextGenerator, embed, fit_description_index, words
+from recaug_spark.generators.text import DescriptionConfig, HuggingFaceTextGenerator, embed, fit_description_index
+from recaug_spark.text.tokens import words
 
 RICH = {
     "shoes": ["lightweight running shoes with breathable mesh and cushioned soles for road marathons",
@@ -63,8 +66,8 @@ def test_the_index_holds_rich_items_and_reports_fidelity(index_ref):
 
 
 def expand(index_ref, items, **params):
-    op = build_item_augmenter("describe_expand", params)
-    draws = ItemDraws(1, "items/0:0:describe_expand", np.arange(len(items), dtype=np.uint64))
+    op = build_item("describe_expand", params)
+    draws = Draws(1, "items/0:0:describe_expand", np.arange(len(items), dtype=np.uint64))
     return op.apply(items, draws, ItemState(generators={op.artifact: index_ref}))
 
 

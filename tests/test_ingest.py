@@ -43,23 +43,22 @@ ITEM_ADAPTER_SCHEMA = T.StructType(
 )
 
 
-def raw_events(spark, rows: list[dict]):
-    """Adapter-shaped event rows from dicts of strings (missing fields are null)."""
+def adapter_rows(spark, rows: list[dict], fields, source: str, schema):
+    """Adapter-shaped rows of ``fields`` from dicts of strings (missing fields are null)."""
     data = []
     for row in rows:
-        fields = {k: v for k, v in row.items() if not k.startswith("_")}
-        data.append(tuple(row.get(c) for c in RAW_EVENT_FIELDS)
-                    + ("test.csv", row.get("_raw", json.dumps(fields)), bool(row.get("_unparsable", False))))
-    return spark.createDataFrame(data, ADAPTER_SCHEMA)
+        given = {k: v for k, v in row.items() if not k.startswith("_")}
+        data.append(tuple(row.get(c) for c in fields)
+                    + (source, row.get("_raw", json.dumps(given)), bool(row.get("_unparsable", False))))
+    return spark.createDataFrame(data, schema)
+
+
+def raw_events(spark, rows: list[dict]):
+    return adapter_rows(spark, rows, RAW_EVENT_FIELDS, "test.csv", ADAPTER_SCHEMA)
 
 
 def raw_items(spark, rows: list[dict]):
-    data = []
-    for row in rows:
-        fields = {k: v for k, v in row.items() if not k.startswith("_")}
-        data.append(tuple(row.get(c) for c in RAW_ITEM_FIELDS)
-                    + ("items.csv", row.get("_raw", json.dumps(fields)), bool(row.get("_unparsable", False))))
-    return spark.createDataFrame(data, ITEM_ADAPTER_SCHEMA)
+    return adapter_rows(spark, rows, RAW_ITEM_FIELDS, "items.csv", ITEM_ADAPTER_SCHEMA)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -306,9 +305,9 @@ def test_pseudonyms_are_keyed_stable_and_leave_no_raw_id_or_key_in_the_plan(spar
     assert kept["q2"] == "536365,85123A,17850.0"  # verbatim on request: its user id cannot be located
 
     plan = first._jdf.queryExecution().toString()
-    from recaug_spark.stages.ingest import _subkey
+    from recaug_spark.stages.ingest import pseudonym_subkey
 
-    for secret in (KEY, KEY.encode().hex(), _subkey(KEY.encode(), "user_id").hex()):
+    for secret in (KEY, KEY.encode().hex(), pseudonym_subkey(KEY.encode(), "user_id").hex()):
         assert secret not in plan
     assert "pseudonym_of" in plan  # the hash is there, by name only
 

@@ -69,7 +69,7 @@ def test_sampled_softmax_negatives_follow_the_seed_and_stay_in_the_catalog(monke
 
     cfg = TrainConfig(loss="sampled_softmax", loss_negatives=50, device="cpu")
     draws: list[torch.Tensor] = []
-    monkeypatch.setattr(models, "sampled_softmax_loss", lambda m, i, p, shared: draws.append(shared) or 0.0)
+    monkeypatch.setattr(models, "sampled_softmax_loss", lambda m, i, p, shared, weights=None: draws.append(shared) or 0.0)
 
     def two_batches(seed):
         objective = training_loss(cfg, 7, seed)

@@ -435,3 +435,47 @@ def test_softmax_losses_learn_the_pattern_and_record_convergence(synthetic, loss
     assert result["cap_hit"] == (not result["stopped_early"])
     capped = train(_small_config(loss=loss, epochs=1), files, targets, targets)
     assert capped["cap_hit"] and capped["best_epoch"] == 0
+
+
+def test_early_stopping_keeps_the_best_state_and_stops_after_patience():
+    from recaug_spark.train.trainer import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2)
+    stopper.observe(0, 0.5, {"ndcg@10": 0.5}, model)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not stopper.should_stop()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    stopper.observe(1, 0.4, {"ndcg@10": 0.4}, model)
+    assert not stopper.should_stop() and stopper.best_epoch == 0
+    stopper.observe(2, float("nan"), {"ndcg@10": float("nan")}, model)  # NaN never counts as better
+    assert stopper.should_stop() and stopper.stopped_early and stopper.best_valid == {"ndcg@10": 0.5}
+    stopper.restore(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+
+
+def test_an_objective_with_more_tensors_per_batch_plugs_into_the_loop(synthetic):
+    """An objective factory whose batches carry an extra tensor (here a per-row weight of 1) trains
+    through the same loop, with no change to it: the same losses as the default objective."""
+    from recaug_spark.train.models import bce_loss
+    from recaug_spark.train.trainer import Objective, next_item_objective, train
+
+    def weighted(inputs):
+        plain = next_item_objective(inputs)
+
+        def batches(epoch):
+            return ((*batch, torch.ones(len(batch[0]))) for batch in plain.batches(epoch))
+
+        def loss(epoch):
+            return lambda model, ids, positives, negatives, weights: bce_loss(model, ids, positives, negatives) * (
+                weights.mean())
+
+        return Objective(batches, loss)
+
+    files = pinned_files(synthetic["uri"], chains=["real"])
+    targets = read_targets(synthetic["targets_uri"])
+    cfg = _small_config(epochs=2)
+    default, custom = train(cfg, files, targets, targets), train(cfg, files, targets, targets, objective=weighted)
+    assert [h["loss"] for h in custom["history"]] == [h["loss"] for h in default["history"]]
+    assert custom["test"] == default["test"]

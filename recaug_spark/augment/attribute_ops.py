@@ -9,12 +9,13 @@ and category are kept. The model is loaded once per Python worker (``runtime.loa
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from recaug_spark.augment.base import Params
-from recaug_spark.augment.item_ops import ItemAugmenter, ItemDraws, ItemState, register_item
+from recaug_spark.augment.base import Draws, Params, register_item
+from recaug_spark.augment.item_ops import ItemAugmenter, ItemState
+from recaug_spark.generators.attributes import kinds_of, variants
+from recaug_spark.generators.runtime import load, set_torch_threads
 
 
 @register_item
@@ -36,15 +37,10 @@ class AttributeGenerate(ItemAugmenter):
     def artifact(self) -> str:
         return self.params.model
 
-    def apply(self, items: pd.DataFrame, draws: ItemDraws, state: ItemState) -> pd.DataFrame:
-        from recaug_spark.generators.attributes import kinds_of, variants
-        from recaug_spark.generators.runtime import load, set_torch_threads
-
+    def apply(self, items: pd.DataFrame, draws: Draws, state: ItemState) -> pd.DataFrame:
         generator = load(state.require_generator(self.name, self.artifact))
         set_torch_threads()
-        latent = generator.model.mu.out_features
-        u = draws.uniform("latent", 2 * latent)
-        normals = np.sqrt(-2.0 * np.log1p(-u[:, :latent])) * np.cos(2.0 * np.pi * u[:, latent:])
+        normals = draws.normals("latent", generator.model.mu.out_features)
         uniforms = draws.uniform("values", len(kinds_of(generator.schema)))
         out = items.copy()
         if len(items):

@@ -12,7 +12,8 @@ resampling rounds, each redrawing only the positions still colliding).
 
 Example::
 
-    >>> from recaug_spark.augment.base import Draws, build
+    >>> from recaug_spark.augment.base import Draws
+    >>> from recaug_spark.augment.registry import build
     >>> from recaug_spark.augment.batch import SequenceBatch, apply_edit
     >>> state = NegativeState.build(["a", "b", "c", "x"], [5, 3, 2, 1])
     >>> batch = SequenceBatch.from_lists([1], [["a", "b", "c"]])
@@ -32,10 +33,11 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from recaug_spark import rng
-from recaug_spark.augment.base import Augmenter, Draws, Params, register
+from recaug_spark.augment.base import Augmenter, Draws, FitContext, Params, register
 from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths, ranges
+from recaug_spark.augment.kernels import inverse_cdf, pick
 
-NEGATIVE_CONTEXT = "negative_item_id"  # batch context name (stages.augment.OUTPUT_CONTEXT_COLUMNS)
+NEGATIVE_CONTEXT = "negative_item_id"  # batch context name (arrow_io.OUTPUT_CONTEXT_COLUMNS)
 
 
 def _cumulative(weights: np.ndarray) -> np.ndarray:
@@ -115,11 +117,10 @@ class NegativeState:
     def sample(self, mode: str, u: np.ndarray, positives: np.ndarray) -> np.ndarray:
         """Vocabulary indexes for uniforms ``u``; ``positives``: the positive's index (same_category)."""
         size = len(self)
-        uniform = np.minimum((u * size).astype(np.int64), size - 1)
         if mode == "uniform" or not self.cumulative.any():
-            popular = uniform
+            popular = pick(u, size)
         else:
-            popular = np.minimum(np.searchsorted(self.cumulative, u, side="right"), size - 1)
+            popular = inverse_cdf(self.cumulative, u)
         if mode != "same_category" or len(self.category_items) == 0:
             return popular
         category = np.where(positives >= 0, self.category_of[np.maximum(positives, 0)], -1)
@@ -192,8 +193,8 @@ class NegativeSample(Augmenter):
         popularity_power: float = Field(1.0, ge=0, le=2,
                                         description="popularity weight = interactions ** power (0.75: word2vec)")
 
-    def fit(self, spark, sequences, items) -> NegativeState:
-        return fit_negative_state(sequences, items, self.params.popularity_power)
+    def fit(self, context: FitContext) -> NegativeState:
+        return fit_negative_state(context.sequences, context.items, self.params.popularity_power)
 
     def plan(self, batch: SequenceBatch, draws: Draws, state: NegativeState) -> Edit:
         total = int(batch.offsets[-1])
@@ -208,7 +209,7 @@ class NegativeSample(Augmenter):
             keys = batch.keys[seq]
             todo = np.arange(total, dtype=np.int64)
             for round_ in range(self.params.max_rounds):
-                u = draws._draw(f"negative:{round_}", keys[todo], position[todo])
+                u = draws.draw(f"negative:{round_}", keys[todo], position[todo])
                 candidate = state.sample(self.params.mode, u, codes[todo])
                 clash = _member(owned, seq[todo] * size + candidate)
                 negative[todo[~clash]] = candidate[~clash]

@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MASK_TOKEN = "[mask]"
-LIST_COLUMNS = ("item_ids", "timestamps", "event_types")
 
 
 @dataclass(frozen=True)
@@ -103,6 +102,7 @@ class SequenceBatch:
         return self._slice(self.offsets[1:] - kept, kept, self.keys)
 
     def _slice(self, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> "SequenceBatch":
+        """One range of elements per output sequence: ``lengths[i]`` elements from flat ``starts[i]``."""
         flat = ranges(starts, lengths)
         positions = pa.array(flat, pa.int64())
         return SequenceBatch(
@@ -227,23 +227,10 @@ class LazyBatch(SequenceBatch):
                          np.asarray(edit.offsets, dtype=np.int64), np.asarray(timestamps, dtype=np.int64),
                          positions, codes, extra, replaced, self._cache)
 
-    def take(self, rows: np.ndarray) -> "LazyBatch":
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == len(self) and (rows == np.arange(len(self))).all():
-            return self
-        lengths = self.lengths[rows]
-        return self._ranges(self.offsets[:-1][rows], lengths, self.keys[rows])
-
-    def tail(self, max_events: int) -> "LazyBatch":
-        lengths = self.lengths
-        if len(lengths) == 0 or lengths.max() <= max_events:
-            return self
-        kept = np.minimum(lengths, max_events)
-        return self._ranges(self.offsets[1:] - kept, kept, self.keys)
-
-    def _ranges(self, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> "LazyBatch":
-        """Whole sequences or parts of them, one range each: remembers the ranges, so that columns
-        can be copied as slices of the source when the ranges join into a few long runs."""
+    def _slice(self, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> "LazyBatch":
+        """``take``/``tail``, lazily: whole sequences or parts of them, one range each. Remembers the
+        ranges, so that columns can be copied as slices of the source when the ranges join into a
+        few long runs."""
         child = self.apply(Edit(offsets_from_lengths(lengths), ranges(starts, lengths), keys=keys))
         if self._positions is None and child._positions is not None:
             nonempty = lengths > 0

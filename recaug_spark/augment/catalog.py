@@ -9,17 +9,17 @@ from __future__ import annotations
 import inspect
 import json
 
+from recaug_spark.augment.registry import ITEM_REGISTRY, REGISTRY
 
-def _registries() -> list[tuple[str, dict]]:
-    from recaug_spark.augment.base import REGISTRY, build
+REGISTRIES = (
+    ("Sequence augmenters (`augment.branches[].chain`)", REGISTRY),
+    ("Item augmenters (`augment.items.branches[].chain`)", ITEM_REGISTRY),
+)
 
-    build("crop")  # imports the modules that register the built-in sequence operators
-    registries = [("Sequence augmenters (`augment.branches[].chain`)", REGISTRY)]
-    try:
-        from recaug_spark.augment.item_ops import ITEM_REGISTRY
-    except ImportError:
-        return registries
-    return registries + [("Item augmenters (`augment.items.branches[].chain`)", ITEM_REGISTRY)]
+
+def registries() -> list[tuple[str, dict]]:
+    """(section title, registry) of every registry the reference documents, in order."""
+    return list(REGISTRIES)
 
 
 def _default(field) -> str:
@@ -33,7 +33,7 @@ def reference_markdown() -> str:
     """The Markdown reference of all registered augmenters, grouped by registry, sorted by name."""
     lines = ["# Augmenters", "",
              "Generated from the registry by `recaug augmenters --markdown`; do not edit by hand.", ""]
-    for title, registry in _registries():
+    for title, registry in registries():
         lines += [f"## {title}", ""]
         for name in sorted(registry):
             cls = registry[name]

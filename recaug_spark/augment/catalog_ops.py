@@ -21,7 +21,8 @@ back to plain co-occurrence neighbours.
 
 Example::
 
-    >>> from recaug_spark.augment.base import Draws, build
+    >>> from recaug_spark.augment.base import Draws
+    >>> from recaug_spark.augment.registry import build
     >>> from recaug_spark.augment.batch import SequenceBatch, apply_edit
     >>> state = NeighbourState.from_table(["a", "b"], ["b", "a"], [1.0, 1.0])
     >>> batch = SequenceBatch.from_lists([1], [["a", "x", "a"]])
@@ -40,9 +41,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from recaug_spark.augment.base import Augmenter, Draws, register
+from recaug_spark.augment.base import Augmenter, Draws, FitContext, register
 from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths
-from recaug_spark.augment.sequence_ops import _counts, _RateParams, select_per_sequence
+from recaug_spark.augment.kernels import RateParams, pick, rate_counts, select_per_sequence
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _catalog_groups(spark, items, price_bands: int):
     return catalog.select("item_id", "category", F.when(F.col("price").isNotNull(), band).cast("int").alias("band"))
 
 
-class _CorrelationParams(_RateParams):
+class _CorrelationParams(RateParams):
     top_k: int = Field(10, ge=1, description="neighbours kept per item; one is drawn in proportion to similarity")
     window: int = Field(3, ge=1, description="co-occurrence window: items at most this many positions apart")
     price_bands: int = Field(4, ge=1, description="per-category price quantile bands; neighbours share a band")
@@ -207,9 +208,9 @@ class _CorrelationAugmenter(Augmenter):
 
     Params = _CorrelationParams
 
-    def fit(self, spark, sequences, items) -> NeighbourState:
+    def fit(self, context: FitContext) -> NeighbourState:
         p = self.params
-        table = (neighbour_table(sequences, items, window=p.window, price_bands=p.price_bands, top_k=p.top_k,
+        table = (neighbour_table(context.sequences, context.items, window=p.window, price_bands=p.price_bands, top_k=p.top_k,
                                  min_count=p.min_count)
                  .select("item_id", "neighbour_id", "similarity", "rank").toArrow())
         order = pc.sort_indices(table, sort_keys=[("item_id", "ascending"), ("rank", "ascending")])
@@ -242,7 +243,7 @@ class CorrelatedSubstitute(_CorrelationAugmenter):
         codes = state.codes(batch.items)
         eligible = state.degree(codes) > 0
         available = np.bincount(batch.sequence_of_element[eligible], minlength=len(batch))
-        counts = np.minimum(_counts(batch, self.params.rate, self.params.min_length, keep_one=False), available)
+        counts = np.minimum(rate_counts(batch, self.params.rate, self.params.min_length, keep_one=False), available)
         u = np.where(eligible, draws.per_element("position", batch), 2.0)  # ineligible ones rank last
         chosen = select_per_sequence(u, batch, counts)
         picked = state.draw(codes, draws.per_element("item", batch))
@@ -287,11 +288,10 @@ class CorrelatedInsert(_CorrelationAugmenter):
         new_seq = np.repeat(np.arange(len(batch), dtype=np.int64), counts)
         new_index = np.arange(len(new_seq), dtype=np.int64) - np.repeat(offsets_from_lengths(counts)[:-1], counts)
         keys = batch.keys[new_seq]
-        which = np.minimum((draws._draw("gap", keys, new_index) * gaps_per_seq[new_seq]).astype(np.int64),
-                           gaps_per_seq[new_seq] - 1)
+        which = pick(draws.draw("gap", keys, new_index), gaps_per_seq[new_seq])
         new_gap = gap[offsets_from_lengths(gaps_per_seq)[new_seq] + which]
         anchor = batch.offsets[new_seq] + np.maximum(new_gap - 1, 0)  # flat index of the anchor element
-        inserted = state.draw(codes[anchor], draws._draw("item", keys, new_index)) + 1
+        inserted = state.draw(codes[anchor], draws.draw("item", keys, new_index)) + 1
         all_seq = np.concatenate([seq, new_seq])
         sort_key = np.concatenate([position.astype(np.float64), new_gap - 0.5])
         tie = np.concatenate([np.zeros(total, dtype=np.int64), new_index])

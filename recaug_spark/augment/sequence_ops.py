@@ -6,110 +6,26 @@ sequence, and draws its randomness per (user key, copy, position), never per bat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 from pydantic import Field
 
 from recaug_spark import rng
-from recaug_spark.augment.base import Augmenter, Draws, Params, register
-from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths, ranges
-
-
-@dataclass(frozen=True)
-class ItemVocabulary:
-    """The catalog as seen by insert/substitute: item ids and their popularity (fitted state)."""
-
-    items: pa.Array  # string item ids
-    cumulative: np.ndarray  # cumulative popularity in (0, 1], same order
-
-    @classmethod
-    def from_counts(cls, items, counts) -> "ItemVocabulary":
-        counts = np.asarray(counts, dtype=np.float64)
-        return cls(pa.array(list(items), type=pa.string()), np.cumsum(counts) / counts.sum())
-
-    def sample(self, u: np.ndarray, sampling: str) -> np.ndarray:
-        """Indexes into ``items`` for uniforms ``u``: uniformly, or in proportion to popularity."""
-        if sampling == "uniform":
-            return np.minimum((u * len(self.items)).astype(np.int64), len(self.items) - 1)
-        return np.minimum(np.searchsorted(self.cumulative, u, side="right"), len(self.items) - 1)
-
-
-def fit_vocabulary(sequences) -> ItemVocabulary:
-    """Item popularity in the training sequences (a Spark DataFrame with an ``item_ids`` column)."""
-    from pyspark.sql import functions as F
-
-    counts = (
-        sequences.select(F.explode("item_ids").alias("item_id")).groupBy("item_id").count()
-        .orderBy("item_id").toPandas()
-    )
-    return ItemVocabulary.from_counts(counts["item_id"], counts["count"])
-
-
-def select_per_sequence(u: np.ndarray, batch: SequenceBatch, counts: np.ndarray) -> np.ndarray:
-    """Boolean mask choosing exactly ``counts[i]`` elements of sequence i: those with the smallest u."""
-    return _select(quantize(u), batch, counts)
-
-
-def rank_in_sequence(u: np.ndarray, batch: SequenceBatch) -> np.ndarray:
-    """0-based rank of each element's ``u`` among the elements of its sequence.
-
-    ``u`` is compared on 16 bits (``u`` in [0, 1), anything >= 1 ranks last), ties by position:
-    two linear-time radix passes instead of a comparison sort (``np.lexsort`` costs ~10× more).
-    """
-    return _rank(quantize(u), batch)
-
-
-def _select(keys: np.ndarray, batch: SequenceBatch, counts: np.ndarray) -> np.ndarray:
-    return _rank(keys, batch) < np.repeat(counts, batch.lengths)
-
-
-def _rank(keys: np.ndarray, batch: SequenceBatch) -> np.ndarray:
-    order = grouped_argsort(keys, batch.sequence_of_element, len(batch))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = batch.position_in_sequence  # sorting by sequence first leaves each sequence in place
-    return rank
-
-
-def _bits(draws: Draws, tag: str, owner: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The random bits behind ``draws._draw(tag, draws.keys[owner], index)``, each key mixed once."""
-    draw = (np.uint64(draws.copy) << np.uint64(40)) + np.asarray(index, dtype=np.uint64)
-    return rng.random_bits_grouped(draws.seed, f"{draws.stream}/{tag}", draws.keys, owner, draw)
-
-
-def _element_keys(draws: Draws, tag: str, batch: SequenceBatch) -> np.ndarray:
-    """One uint16 sort key per element: the top bits of its keyed draw (``draws.per_element``'s)."""
-    return (_bits(draws, tag, batch.sequence_of_element, batch.position_in_sequence) >> np.uint64(48)).astype(np.uint16)
-
-
-def quantize(u: np.ndarray) -> np.ndarray:
-    """uint16 keys ordered like ``u``: [0, 1) onto 0..65534 (top 16 bits), >= 1 onto 65535."""
-    return (np.clip(u, 0.0, 1.0) * 65535.0).astype(np.uint16)
-
-
-def grouped_argsort(keys: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """The stable argsort of (group, key), for uint16 ``keys`` and non-decreasing ``groups``.
-
-    Numpy's stable sort of 16-bit integers is a radix sort: one pass on the keys, one on the groups.
-    """
-    order = np.argsort(keys, kind="stable")
-    group_keys = groups.astype(np.uint16) if n_groups <= 1 << 16 else groups
-    return order[np.argsort(group_keys[order], kind="stable")]
-
-
-class _RateParams(Params):
-    rate: float = Field(0.2, gt=0, le=1, description="share of each sequence's items affected")
-    min_length: int = Field(2, ge=1, description="shorter sequences are left unchanged")
-
-
-def _counts(batch: SequenceBatch, rate: float, min_length: int, keep_one: bool = True) -> np.ndarray:
-    lengths = batch.lengths
-    counts = np.floor(rate * lengths).astype(np.int64)
-    if keep_one:
-        counts = np.minimum(counts, lengths - 1)
-    return np.where(lengths >= min_length, np.maximum(counts, 0), 0)
+from recaug_spark.augment.base import Augmenter, Params, register
+from recaug_spark.augment.batch import Edit, offsets_from_lengths, ranges
+from recaug_spark.augment.kernels import (
+    CatalogAugmenter,
+    ItemVocabulary,
+    RateParams,
+    element_keys,
+    grouped_argsort,
+    keep,
+    random_start,
+    rate_counts,
+    select,
+    top16,
+)
 
 
 @register
@@ -130,7 +46,7 @@ class Crop(Augmenter):
         lengths = batch.lengths
         active = lengths >= self.params.min_length
         kept = np.where(active, np.maximum(1, np.floor(self.params.eta * lengths).astype(np.int64)), lengths)
-        start = np.floor(draws.per_sequence("start") * (lengths - kept + 1)).astype(np.int64)
+        start = random_start(draws, lengths, kept)
         return Edit(offsets_from_lengths(kept), ranges(batch.offsets[:-1] + start, kept))
 
 
@@ -150,17 +66,12 @@ class Mask(Augmenter):
         min_length: int = Field(2, ge=1, description="shorter sequences are left unchanged")
 
     def plan(self, batch, draws, state=None) -> Edit:
-        counts = _counts(batch, self.params.gamma, self.params.min_length, keep_one=self.params.mode == "dropout")
-        chosen = _select(_element_keys(draws, "mask", batch), batch, counts)
+        counts = rate_counts(batch, self.params.gamma, self.params.min_length, keep_one=self.params.mode == "dropout")
+        chosen = select(element_keys(draws, "mask", batch), batch, counts)
         if self.params.mode == "dropout":
-            return _drop(batch, chosen)
+            return keep(batch, ~chosen)
         codes = np.where(chosen, 0, -1).astype(np.int64)  # extra item 0 is the mask token
         return Edit(batch.offsets.copy(), np.arange(batch.offsets[-1], dtype=np.int64), item_codes=codes)
-
-
-def _drop(batch: SequenceBatch, chosen: np.ndarray) -> Edit:
-    kept_per_sequence = batch.lengths - np.bincount(batch.sequence_of_element[chosen], minlength=len(batch))
-    return Edit(offsets_from_lengths(kept_per_sequence), np.flatnonzero(~chosen).astype(np.int64))
 
 
 @register
@@ -182,11 +93,11 @@ class Reorder(Augmenter):
         active = lengths >= self.params.min_length
         window = np.where(active, np.clip(np.floor(self.params.beta * lengths).astype(np.int64), 2, None), 0)
         window = np.minimum(window, lengths)
-        start = np.floor(draws.per_sequence("start") * (lengths - window + 1)).astype(np.int64)
+        start = random_start(draws, lengths, window)
         # Only the window moves: its elements, ordered by a keyed uniform, fill its slots in turn.
         inside = ranges(batch.offsets[:-1] + start, window)  # flat, grouped by sequence, in order
         owner = np.repeat(np.arange(len(batch), dtype=np.int64), window)
-        shuffle = (_bits(draws, "shuffle", owner, inside - batch.offsets[:-1][owner]) >> np.uint64(48)).astype(np.uint16)
+        shuffle = top16(draws.bits("shuffle", owner, inside - batch.offsets[:-1][owner]))
         positions = np.arange(batch.offsets[-1], dtype=np.int64)
         positions[inside] = inside[grouped_argsort(shuffle, owner, len(batch))]
         return Edit(batch.offsets.copy(), positions)
@@ -200,29 +111,15 @@ class Delete(Augmenter):
     """
 
     name = "delete"
-    Params = _RateParams
+    Params = RateParams
 
     def plan(self, batch, draws, state=None) -> Edit:
-        counts = _counts(batch, self.params.rate, self.params.min_length)
-        return _drop(batch, _select(_element_keys(draws, "delete", batch), batch, counts))
-
-
-class _CatalogParams(_RateParams):
-    sampling: Literal["uniform", "popularity"] = Field(
-        "popularity", description="how catalog items are drawn: uniformly, or in proportion to interactions")
-
-
-class _CatalogAugmenter(Augmenter):
-    """Operators that draw new items from the catalog: their state is the item vocabulary."""
-
-    Params = _CatalogParams
-
-    def fit(self, spark, sequences, items):
-        return fit_vocabulary(sequences)
+        counts = rate_counts(batch, self.params.rate, self.params.min_length)
+        return keep(batch, ~select(element_keys(draws, "delete", batch), batch, counts))
 
 
 @register
-class Substitute(_CatalogAugmenter):
+class Substitute(CatalogAugmenter):
     """Replace ``floor(rate * L)`` random items by catalog items (uniform or by popularity).
 
     When it helps: robustness to noise; with popularity sampling it also exposes the model to
@@ -232,16 +129,16 @@ class Substitute(_CatalogAugmenter):
     name = "substitute"
 
     def plan(self, batch, draws, state: ItemVocabulary) -> Edit:
-        counts = _counts(batch, self.params.rate, self.params.min_length, keep_one=False)
-        chosen = np.flatnonzero(_select(_element_keys(draws, "position", batch), batch, counts))
-        u = rng.to_uniform(_bits(draws, "item", batch.sequence_of_element[chosen], batch.position_in_sequence[chosen]))
+        counts = rate_counts(batch, self.params.rate, self.params.min_length, keep_one=False)
+        chosen = np.flatnonzero(select(element_keys(draws, "position", batch), batch, counts))
+        u = rng.to_uniform(draws.bits("item", batch.sequence_of_element[chosen], batch.position_in_sequence[chosen]))
         codes = np.full(batch.offsets[-1], -1, dtype=np.int64)
         codes[chosen] = state.sample(u, self.params.sampling) + 1  # drawn for the chosen positions only
         return Edit(batch.offsets.copy(), np.arange(batch.offsets[-1], dtype=np.int64), item_codes=codes)
 
 
 @register
-class Insert(_CatalogAugmenter):
+class Insert(CatalogAugmenter):
     """Insert ``max(1, floor(rate * L))`` catalog items at random positions.
 
     An inserted item takes the timestamp and event type of the item it is placed before.
@@ -257,8 +154,8 @@ class Insert(_CatalogAugmenter):
                           np.maximum(1, np.floor(self.params.rate * lengths).astype(np.int64)), 0)
         new_seq = np.repeat(np.arange(len(batch), dtype=np.int64), counts)
         new_index = np.arange(len(new_seq), dtype=np.int64) - np.repeat(offsets_from_lengths(counts)[:-1], counts)
-        u_anchor = rng.to_uniform(_bits(draws, "anchor", new_seq, new_index))
-        u_item = rng.to_uniform(_bits(draws, "item", new_seq, new_index))
+        u_anchor = rng.to_uniform(draws.bits("anchor", new_seq, new_index))
+        u_item = rng.to_uniform(draws.bits("item", new_seq, new_index))
         anchor = np.floor(u_anchor * lengths[new_seq]).astype(np.int64)
         # Each new item goes right before its anchor, after earlier new items of the same anchor
         # (by index). No sort of the whole batch: count the items inserted at or before each element.

@@ -8,7 +8,8 @@ column at all), a time gap longer than ``session_gap_minutes`` opens a new sessi
 
 Example::
 
-    >>> from recaug_spark.augment.base import Draws, build
+    >>> from recaug_spark.augment.base import Draws
+    >>> from recaug_spark.augment.registry import build
     >>> from recaug_spark.augment.batch import SequenceBatch, apply_edit
     >>> minute = 60_000_000
     >>> batch = SequenceBatch.from_lists([1], [list("abc")], timestamps=[[0, minute, 2 * minute]])
@@ -22,106 +23,33 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pyarrow.compute as pc
 from pydantic import Field
 
-from recaug_spark.augment.base import Augmenter, Params, register
-from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths
-from recaug_spark.augment.sequence_ops import (
+from recaug_spark.augment.base import Augmenter, Params, box_muller, register
+from recaug_spark.augment.batch import Edit, offsets_from_lengths
+from recaug_spark.augment.kernels import (
+    MINUTE_US,
+    CatalogAugmenter,
+    CatalogParams,
     ItemVocabulary,
-    _CatalogAugmenter,
-    _CatalogParams,
+    SessionParams,
+    bounds,
+    first_in_sequence,
+    gaps,
+    identity,
+    keep,
+    pick,
+    random_start,
+    rank_in_group,
+    session_numbers,
+    session_starts,
 )
 
-MINUTE_US = 60_000_000
 WEEK_US = 7 * 24 * 60 * MINUTE_US
 
 
-# ---- helpers shared with context_ops ----
-
-def identity(batch: SequenceBatch) -> Edit:
-    """The edit that leaves a batch as it is."""
-    return Edit(batch.offsets.copy(), np.arange(batch.offsets[-1], dtype=np.int64))
-
-
-def keep(batch: SequenceBatch, kept: np.ndarray) -> Edit:
-    """The edit keeping the flat elements where ``kept`` is True, in order."""
-    lengths = np.bincount(batch.sequence_of_element[kept], minlength=len(batch))
-    return Edit(offsets_from_lengths(lengths), np.flatnonzero(kept).astype(np.int64))
-
-
-def first_in_sequence(batch: SequenceBatch) -> np.ndarray:
-    """True for each flat element that opens its sequence."""
-    first = np.zeros(int(batch.offsets[-1]), dtype=bool)
-    first[batch.offsets[:-1][batch.lengths > 0]] = True
-    return first
-
-
-def gaps(batch: SequenceBatch) -> np.ndarray:
-    """For each flat element, the time (µs) since the previous element of its sequence; 0 for the first."""
-    out = np.zeros(int(batch.offsets[-1]), dtype=np.int64)
-    out[1:] = np.diff(batch.timestamps)
-    out[first_in_sequence(batch)] = 0
-    return out
-
-
-def bounds(batch: SequenceBatch) -> tuple[np.ndarray, np.ndarray]:
-    """First and last timestamp of each sequence (0 for empty sequences)."""
-    nonempty = batch.lengths > 0
-    first = np.zeros(len(batch), dtype=np.int64)
-    last = np.zeros(len(batch), dtype=np.int64)
-    first[nonempty] = batch.timestamps[batch.offsets[:-1][nonempty]]
-    last[nonempty] = batch.timestamps[batch.offsets[1:][nonempty] - 1]
-    return first, last
-
-
-def session_starts(batch: SequenceBatch, gap_minutes: float) -> np.ndarray:
-    """True for each flat element that opens a session.
-
-    An element opens a session when it opens its sequence, when its session id differs from the
-    previous element's, or, where either id is null (or the batch has no session ids), when more
-    than ``gap_minutes`` passed since the previous element.
-    """
-    n = int(batch.offsets[-1])
-    first = first_in_sequence(batch)
-    by_gap = gaps(batch) > gap_minutes * MINUTE_US
-    if batch.session_ids is None or n < 2:
-        return first | by_gap
-    ids = batch.session_ids
-    previous, current = ids.slice(0, n - 1), ids.slice(1)
-    known = np.zeros(n, dtype=bool)
-    known[1:] = pc.and_(pc.is_valid(previous), pc.is_valid(current)).to_numpy(zero_copy_only=False)
-    changed = np.zeros(n, dtype=bool)
-    changed[1:] = pc.fill_null(pc.not_equal(current, previous), False).to_numpy(zero_copy_only=False)
-    return first | np.where(known, changed, by_gap)
-
-
-def session_numbers(batch: SequenceBatch, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(global session index per element, session number inside its sequence, sessions per sequence)."""
-    global_index = np.cumsum(starts, dtype=np.int64) - 1
-    per_sequence = np.bincount(batch.sequence_of_element[starts], minlength=len(batch)).astype(np.int64)
-    number = global_index - offsets_from_lengths(per_sequence)[:-1][batch.sequence_of_element]
-    return global_index, number, per_sequence
-
-
-def rank_in_group(group: np.ndarray, *keys: np.ndarray) -> np.ndarray:
-    """0-based rank of each entry inside its group, ordered by ``keys`` (first key most significant)."""
-    order = np.lexsort((*reversed(keys), group))
-    sorted_group = group[order]
-    rank = np.empty(len(group), dtype=np.int64)
-    rank[order] = np.arange(len(group), dtype=np.int64) - np.searchsorted(sorted_group, sorted_group)
-    return rank
-
-
-class _SessionParams(Params):
-    session_gap_minutes: float = Field(30.0, gt=0, description="where session ids are null, a longer gap "
-                                       "opens a new session")
-
-
-# ---- operators ----
-
 @register
-class TimeInsert(_CatalogAugmenter):
+class TimeInsert(CatalogAugmenter):
     """Insert ``max(1, floor(rate * L))`` catalog items into the largest time gaps of each sequence.
 
     Only gaps of at least ``min_gap_minutes`` receive an item, at most one each (largest first,
@@ -136,7 +64,7 @@ class TimeInsert(_CatalogAugmenter):
 
     name = "time_insert"
 
-    class Params(_CatalogParams):
+    class Params(CatalogParams):
         min_gap_minutes: float = Field(30.0, gt=0, description="smallest gap that may receive an item")
 
     def plan(self, batch, draws, state: ItemVocabulary) -> Edit:
@@ -152,9 +80,9 @@ class TimeInsert(_CatalogAugmenter):
         after = candidates[rank < counts[seq[candidates]]]
         new_seq, new_pos = seq[after], pos[after]
         keys = batch.keys[new_seq]
-        fraction = 0.25 + 0.5 * draws._draw("time", keys, new_pos)
+        fraction = 0.25 + 0.5 * draws.draw("time", keys, new_pos)
         new_ts = batch.timestamps[after - 1] + np.floor(gap[after] * fraction).astype(np.int64)
-        new_items = state.sample(draws._draw("item", keys, new_pos), p.sampling) + 1
+        new_items = state.sample(draws.draw("item", keys, new_pos), p.sampling) + 1
         total = int(batch.offsets[-1])
         order = np.lexsort((np.concatenate([2 * pos, 2 * new_pos - 1]), np.concatenate([seq, new_seq])))
         positions = np.concatenate([np.arange(total, dtype=np.int64), after - 1])[order]
@@ -192,7 +120,7 @@ class TimeCrop(Augmenter):
         width = np.floor(self.params.span * (last - first)).astype(np.int64)
         fits = t <= (last - width)[seq]  # events a window may start at: a prefix of each sequence
         starts = np.maximum(np.bincount(seq[fits], minlength=len(batch)), 1)
-        index = np.minimum(np.floor(draws.per_sequence("start") * starts).astype(np.int64), starts - 1)
+        index = pick(draws.per_sequence("start"), starts)
         start = t[np.minimum(batch.offsets[:-1] + index, len(t) - 1)]
         inside = (t >= start[seq]) & (t <= (start + width)[seq])
         return keep(batch, inside | (lengths < self.params.min_length)[seq])
@@ -211,7 +139,7 @@ class SessionCrop(Augmenter):
 
     name = "session_crop"
 
-    class Params(_SessionParams):
+    class Params(SessionParams):
         share: float = Field(0.6, gt=0, le=1, description="share of the sessions kept")
         min_sessions: int = Field(2, ge=2, description="sequences with fewer sessions are left unchanged")
 
@@ -220,7 +148,7 @@ class SessionCrop(Augmenter):
         _, number, sessions = session_numbers(batch, starts)
         kept = np.where(sessions >= self.params.min_sessions,
                         np.maximum(1, np.floor(self.params.share * sessions).astype(np.int64)), sessions)
-        first = np.floor(draws.per_sequence("start") * (sessions - kept + 1)).astype(np.int64)
+        first = random_start(draws, sessions, kept)
         seq = batch.sequence_of_element
         return keep(batch, (number >= first[seq]) & (number < (first + kept)[seq]))
 
@@ -239,7 +167,7 @@ class SessionReorder(Augmenter):
 
     name = "session_reorder"
 
-    class Params(_SessionParams):
+    class Params(SessionParams):
         min_length: int = Field(2, ge=2, description="shorter sessions keep their order")
 
     def plan(self, batch, draws, state=None) -> Edit:
@@ -311,7 +239,7 @@ class TimeJitter(Augmenter):
         if self.params.distribution == "uniform":
             delta = (2 * u - 1) * m
         else:
-            z = np.sqrt(-2 * np.log1p(-u)) * np.cos(2 * np.pi * draws.per_element("angle", batch))
+            z = box_muller(u, draws.per_element("angle", batch))
             delta = np.clip(z * m / 2, -m, m)
         low, high = t - m, t + m
         first = first_in_sequence(batch)

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from recaug_spark.paths import is_remote, local_path
+
 MANIFEST = "manifest.json"
 VOCABULARY = "vocabulary.json"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -50,10 +52,10 @@ class ArtifactRef:
 
 def _local(models_dir: str | os.PathLike) -> Path:
     text = str(models_dir)
-    if "://" in text and not text.startswith("file://"):
+    if is_remote(text):
         raise ArtifactError(f"run.models {text!r}: generator artifacts live on a POSIX path every executor can read "
                             f"(a local folder, NFS or a FUSE mount of the object store), not a {text.split(':')[0]}:// URI")
-    return Path(text.removeprefix("file://")).expanduser()
+    return Path(local_path(text)).expanduser()
 
 
 def content_hash(folder: Path, names: Iterable[str]) -> str:

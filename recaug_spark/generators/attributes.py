@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recaug_spark.generators.artifacts import ArtifactRef, save_artifact
 from recaug_spark.generators.runtime import device, register_loader
+from recaug_spark.text.attributes import is_number, parse_attributes
+from recaug_spark.text.tokens import terms
 
 KIND = "item_attribute_vae"
 OTHER = "<other>"
@@ -64,15 +66,11 @@ class AttributeGeneratorConfig(BaseModel):
 # ---------------------------------------------------------------- encoding
 
 
-def _tokens(text: str | None) -> list[str]:
-    return [t for t in "".join(c.lower() if c.isalnum() else " " for c in (text or "")).split() if len(t) > 1]
-
-
 def _hashed(texts: list[str]) -> np.ndarray:
     """Term counts hashed into :data:`_TEXT_FEATURES` buckets (crc32: the same in every process)."""
     out = np.zeros((len(texts), _TEXT_FEATURES), dtype=np.float32)
     for row, text in enumerate(texts):
-        for token in _tokens(text):
+        for token in terms(text):
             out[row, zlib.crc32(token.encode()) % _TEXT_FEATURES] += 1.0
     return out
 
@@ -112,11 +110,11 @@ class Schema:
 
     def encode(self, frame) -> tuple[np.ndarray, np.ndarray]:
         """(x, category index) of a pandas frame of items."""
-        parsed = [_parse(a) for a in frame["attributes"]]
+        parsed = [parse_attributes(a) for a in frame["attributes"]]
         price = np.log(np.clip(frame["price"].astype(float).fillna(math.exp(self.price_mean)).to_numpy(), 1e-6, None))
         columns = [((price - self.price_mean) / self.price_std)[:, None]]
         for k, name in enumerate(self.numeric):
-            values = np.array([float(p.get(name, self.numeric_mean[k])) if _is_number(p.get(name)) else self.numeric_mean[k]
+            values = np.array([float(p.get(name, self.numeric_mean[k])) if is_number(p.get(name)) else self.numeric_mean[k]
                                for p in parsed])
             columns.append(((values - self.numeric_mean[k]) / self.numeric_std[k])[:, None])
         for name, values in self.categorical.items():
@@ -129,21 +127,11 @@ class Schema:
         return np.concatenate(columns, axis=1).astype(np.float32), codes
 
 
-def _parse(attributes) -> dict:
-    from recaug_spark.augment.item_ops import parse_attributes
-
-    return parse_attributes(attributes)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def fit_schema(frame, cfg: AttributeGeneratorConfig) -> Schema:
     """The column vocabularies and scalers of a pandas frame of catalog items with valid prices."""
-    parsed = [_parse(a) for a in frame["attributes"]]
+    parsed = [parse_attributes(a) for a in frame["attributes"]]
     keys = sorted({k for p in parsed for k in p})
-    numeric = [k for k in keys if all(_is_number(p[k]) for p in parsed if k in p)]
+    numeric = [k for k in keys if all(is_number(p[k]) for p in parsed if k in p)]
     integer = [k for k in numeric if all(float(p[k]).is_integer() for p in parsed if k in p)]
     categorical = {}
     for k in keys:
@@ -320,7 +308,7 @@ def decode_rows(schema: Schema, out: np.ndarray, categories: list[str], uniforms
 
 def merge_attributes(original: str | None, decoded: dict) -> str:
     """The item's attributes JSON with generated values for the keys it has (no attribute is added)."""
-    parsed = _parse(original)
+    parsed = parse_attributes(original)
     generated = {**decoded["numeric"], **{k: v for k, v in decoded["categorical"].items() if v != OTHER}}
     merged = {**parsed, **{k: v for k, v in generated.items() if k in parsed}}
     return json.dumps({k: merged[k] for k in sorted(merged)}, ensure_ascii=False)

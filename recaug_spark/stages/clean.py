@@ -70,11 +70,12 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Row, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recaug_spark.config import CleanConfig
+from recaug_spark.delta import Warehouse, WriteResult
 from recaug_spark.runs import RunContext, StageResult
 from recaug_spark.schemas import (
     EVENTS,
@@ -415,7 +416,7 @@ def release(checkpoint: DataFrame) -> None:
     checkpoint._jdf.logicalPlan().rdd().unpersist(False)
 
 
-def _per_user_counts(kept_events: DataFrame):
+def _per_user_counts(kept_events: DataFrame) -> Row:
     """users, sequences (users with a training part), valid and test targets: one aggregation."""
     return kept_events.groupBy("user_id").agg(
         F.max((F.col("split") == "train").cast("int")).alias("seq"),
@@ -432,16 +433,6 @@ def _timed(what: str):
     start = time.perf_counter()
     yield
     log.info("clean: %s in %.1fs", what, time.perf_counter() - start)
-
-
-def _committed(ctx: RunContext, txn: tuple[str, int]) -> bool:
-    from recaug_spark.delta import committed_txn_version
-
-    for name in OUTPUT_TABLES:
-        done = committed_txn_version(ctx.warehouse.uri(name), txn[0])
-        if done is None or done < txn[1]:
-            return False
-    return True
 
 
 def _recorded_counts(ctx: RunContext) -> dict[str, int]:
@@ -469,69 +460,101 @@ def run_clean(ctx: RunContext) -> StageResult:
         result.counts["removed.near_duplicate"], ctx.warehouse.read("sequences").count()
     """
     cfg = ctx.cfg.clean
-    warehouse = ctx.warehouse
     txn = ctx.txn(STAGE)
-    raw = warehouse.read("events_raw")
-    if _committed(ctx, txn):  # a retry of a finished run: nothing to compute
-        return StageResult(
-            STAGE, rows_in=raw.count(), rows_out=warehouse.read("events").count(), counts=_recorded_counts(ctx),
-            tables={name: warehouse.version(name) for name in OUTPUT_TABLES}, skipped=True,
-        )
+    raw = ctx.warehouse.read("events_raw")
+    if all(ctx.warehouse.committed(name, txn) for name in OUTPUT_TABLES):  # a retry of a finished run
+        return _skipped_result(ctx, raw)
     rows_in = raw.count()
-    if warehouse.exists("items_raw"):
-        items_raw = warehouse.read("items_raw")
-    else:
-        items_raw = ctx.spark.createDataFrame([], ITEMS_RAW)
+    items_raw = _items_raw(ctx)
     partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
 
-    tagged = annotate_events(raw, cfg, partitions=partitions)
-    cutoffs = None
-    checkpoints = []
+    checkpoints: list[DataFrame] = []
     items = None
     try:
-        if cfg.split.strategy == "time_fraction":  # the cut-offs need one pass: keep it for the split
-            tagged = materialize(tagged)
-            checkpoints.append(tagged)
-            cutoffs = time_cutoffs(tagged, cfg) or (0, 0)
-        annotated = split_events(tagged, cfg, cutoffs=cutoffs)
-        annotated = annotated.select(*[c for c in annotated.columns if c in _KEPT_COLUMNS])
-        with _timed("annotate events"):
-            annotated = materialize(annotated)
-            checkpoints.append(annotated)
-        with _timed("removal counts"):
-            removal = removal_counts(annotated)
+        annotated = _annotated(raw, cfg, partitions, checkpoints)
+        removal, per_user = _reconciled_counts(annotated, rows_in)
         kept_events = annotated.where(_alive())
-        with _timed("per-user counts"):
-            per_user = _per_user_counts(kept_events)
-        removed = sum(v for k, v in removal.items() if k.startswith("removed."))
-        rows_out = removal["kept"]
-        if removal["rows"] != rows_in or rows_in != rows_out + removed:
-            raise RuntimeError(
-                f"clean lost track of events: events_raw has {rows_in:,} rows, the annotated frame "
-                f"{removal['rows']:,}, kept {rows_out:,} + removed {removed:,}"
-            )
-
-        # One task per day folder (AQE splits a heavy day): a write clustered by user would
-        # leave tasks × days small files, several times slower to write and to read.
-        events = conform(kept_events.withColumn("session_id", F.col(_SESSION)), EVENTS).hint("rebalance", "dt")
         items = canonical_items(items_raw, kept_events).persist(StorageLevel.MEMORY_AND_DISK)
         with _timed("items"):
             item_count = items.count()
-        sequences = build_sequences(kept_events, session_column=_SESSION)
-        targets = build_targets(kept_events)
-
-        write = {"mode": "overwrite", "txn": txn}
-        written = {}
-        for name, df, partition_by in (("events", events, ["dt"]), ("items", items, []),
-                                       ("sequences", sequences, []), ("sequence_targets", targets, [])):
-            with _timed(f"write {name}"):
-                written[name] = warehouse.write(name, df, partition_by=partition_by, **write)
+        written = _write_outputs(ctx.warehouse, kept_events, items, txn)
     finally:
         for checkpoint in checkpoints:
             release(checkpoint)
         if items is not None:
             items.unpersist()
+    return _result(rows_in, removal, per_user, item_count, written)
 
+
+def _skipped_result(ctx: RunContext, raw: DataFrame) -> StageResult:
+    """A retry of a run whose outputs are all committed: the recorded counts, nothing computed."""
+    warehouse = ctx.warehouse
+    return StageResult(
+        STAGE, rows_in=raw.count(), rows_out=warehouse.read("events").count(), counts=_recorded_counts(ctx),
+        tables={name: warehouse.version(name) for name in OUTPUT_TABLES}, skipped=True,
+    )
+
+
+def _items_raw(ctx: RunContext) -> DataFrame:
+    if ctx.warehouse.exists("items_raw"):
+        return ctx.warehouse.read("items_raw")
+    return ctx.spark.createDataFrame([], ITEMS_RAW)
+
+
+def _annotated(raw: DataFrame, cfg: CleanConfig, partitions: int, checkpoints: list[DataFrame]) -> DataFrame:
+    """Every event with its removal reason, session and split (only the columns the outputs need),
+    materialized. The checkpoints made are appended to ``checkpoints`` for the caller to release."""
+    tagged = annotate_events(raw, cfg, partitions=partitions)
+    cutoffs = None
+    if cfg.split.strategy == "time_fraction":  # the cut-offs need one pass: keep it for the split
+        tagged = materialize(tagged)
+        checkpoints.append(tagged)
+        cutoffs = time_cutoffs(tagged, cfg) or (0, 0)
+    annotated = split_events(tagged, cfg, cutoffs=cutoffs)
+    annotated = annotated.select(*[c for c in annotated.columns if c in _KEPT_COLUMNS])
+    with _timed("annotate events"):
+        annotated = materialize(annotated)
+        checkpoints.append(annotated)
+    return annotated
+
+
+def _reconciled_counts(annotated: DataFrame, rows_in: int) -> tuple[dict[str, int], Row]:
+    """(:func:`removal_counts`, per-user counts) of the annotated events; raises unless every input
+    event is either kept or removed for exactly one reason."""
+    with _timed("removal counts"):
+        removal = removal_counts(annotated)
+    with _timed("per-user counts"):
+        per_user = _per_user_counts(annotated.where(_alive()))
+    removed = sum(v for k, v in removal.items() if k.startswith("removed."))
+    rows_out = removal["kept"]
+    if removal["rows"] != rows_in or rows_in != rows_out + removed:
+        raise RuntimeError(
+            f"clean lost track of events: events_raw has {rows_in:,} rows, the annotated frame "
+            f"{removal['rows']:,}, kept {rows_out:,} + removed {removed:,}"
+        )
+    return removal, per_user
+
+
+def _write_outputs(warehouse: Warehouse, kept_events: DataFrame, items: DataFrame,
+                   txn: tuple[str, int]) -> dict[str, WriteResult]:
+    """Overwrite the four output tables, each in one commit carrying ``txn``; their write results by name."""
+    # One task per day folder (AQE splits a heavy day): a write clustered by user would
+    # leave tasks × days small files, several times slower to write and to read.
+    events = conform(kept_events.withColumn("session_id", F.col(_SESSION)), EVENTS).hint("rebalance", "dt")
+    sequences = build_sequences(kept_events, session_column=_SESSION)
+    targets = build_targets(kept_events)
+    written = {}
+    for name, df, partition_by in (("events", events, ["dt"]), ("items", items, []),
+                                   ("sequences", sequences, []), ("sequence_targets", targets, [])):
+        with _timed(f"write {name}"):
+            written[name] = warehouse.write(name, df, mode="overwrite", partition_by=partition_by, txn=txn)
+    return written
+
+
+def _result(rows_in: int, removal: dict[str, int], per_user: Row, item_count: int,
+            written: dict[str, WriteResult]) -> StageResult:
+    """The stage's result; raises when the events table did not get exactly the kept events."""
+    rows_out = removal["kept"]
     events_written = written["events"]
     if not events_written.skipped and events_written.rows >= 0 and events_written.rows != rows_out:
         raise RuntimeError(f"events table got {events_written.rows:,} rows, expected {rows_out:,}")

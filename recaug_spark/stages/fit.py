@@ -60,21 +60,21 @@ def _fitters(ctx: RunContext, pinned: dict[str, int]) -> dict[str, tuple[object,
                                           trained_on=trained_on("sequences", "sequence_targets"))
         return fit
 
+    def attribute_fitter():
+        from recaug_spark.generators.attributes import fit_attribute_generator
+
+        return fit_attribute_generator(warehouse.read("items", version=pinned["items"]), cfg.item_attributes, models,
+                                       name="item_attributes", trained_on=trained_on("items"))
+
+    def description_fitter():
+        from recaug_spark.generators.text import fit_description_index
+
+        return fit_description_index(warehouse.read("items", version=pinned["items"]), cfg.description_index,
+                                     models, name="description_index", trained_on=trained_on("items"))
+
     fitters = {name: (getattr(cfg, name), sequence_fitter(name)) for name in SEQUENCE_GENERATORS}
-    if hasattr(cfg, "item_attributes"):
-        def attribute_fitter():
-            from recaug_spark.generators.attributes import fit_attribute_generator
-
-            return fit_attribute_generator(warehouse.read("items", version=pinned["items"]), cfg.item_attributes, models,
-                                           name="item_attributes", trained_on=trained_on("items"))
-        fitters["item_attributes"] = (cfg.item_attributes, attribute_fitter)
-    if hasattr(cfg, "description_index"):
-        def description_fitter():
-            from recaug_spark.generators.text import fit_description_index
-
-            return fit_description_index(warehouse.read("items", version=pinned["items"]), cfg.description_index,
-                                         models, name="description_index", trained_on=trained_on("items"))
-        fitters["description_index"] = (cfg.description_index, description_fitter)
+    fitters["item_attributes"] = (cfg.item_attributes, attribute_fitter)
+    fitters["description_index"] = (cfg.description_index, description_fitter)
     return fitters
 
 

@@ -77,7 +77,15 @@ from pyspark.sql import types as T
 from recaug_spark.config import ConfigError, IngestConfig
 from recaug_spark.runs import RunContext, StageResult
 from recaug_spark.schemas import EVENT_TYPES, EVENTS_RAW, ITEMS_RAW
-from recaug_spark.sources import GENERIC_FORMATS, RAW, SOURCE, UNPARSABLE, RawSources, read_sources
+from recaug_spark.sources import (
+    EPOCH_FORMATS,
+    GENERIC_FORMATS,
+    RAW,
+    SOURCE,
+    UNPARSABLE,
+    RawSources,
+    read_sources,
+)
 
 STAGE = "ingest"
 EVENT_REASONS = (
@@ -155,7 +163,8 @@ def resolve_pseudonym_key(cfg: IngestConfig) -> bytes | None:
     return key
 
 
-def _subkey(key: bytes, kind: str) -> bytes:
+def pseudonym_subkey(key: bytes, kind: str) -> bytes:
+    """The key that pseudonymizes one kind of id ("user_id" / "session_id"), derived from the secret key."""
     return hmac.digest(key, _SUBKEY_LABEL + kind.encode("ascii"), "sha256")
 
 
@@ -173,7 +182,7 @@ def pseudonym(value: str, key: bytes, kind: str = "user_id") -> str:
 
         pseudonym("17850", key)  # -> 32 hex characters
     """
-    return _digest(_subkey(key, kind), value)
+    return _digest(pseudonym_subkey(key, kind), value)
 
 
 def _hash_udf(subkey: bytes):
@@ -219,7 +228,7 @@ def pseudonymize_checked(checked: DataFrame, key: bytes, *, redact_unparsable: b
     rejected rows) gets the record's user / session id tokens replaced by their pseudonyms; an
     unparsable line is reduced to its length when ``redact_unparsable``.
     """
-    user_subkey, session_subkey = _subkey(key, "user_id"), _subkey(key, "session_id")
+    user_subkey, session_subkey = pseudonym_subkey(key, "user_id"), pseudonym_subkey(key, "session_id")
     hash_user, hash_session = _hash_udf(user_subkey), _hash_udf(session_subkey)
     scrub = _scrub_udf(user_subkey, session_subkey)
     scrubbed = scrub(F.col("raw"), F.col("user_id"), F.col("session_id"))
@@ -281,7 +290,7 @@ def parse_timestamp(text: Column, timestamp_format: str | None = None) -> Column
     """
     if timestamp_format is None:
         return F.try_to_timestamp(text)
-    if timestamp_format in ("epoch_seconds", "epoch_millis"):
+    if timestamp_format in EPOCH_FORMATS:
         number = text.try_cast("double")
         scale, limit = (1_000_000, 1e11) if timestamp_format == "epoch_seconds" else (1_000, 1e14)
         micros = (number * scale).try_cast("long")
@@ -435,32 +444,6 @@ def quarantine_rows(checked: DataFrame, *, run_id: str, table: str) -> DataFrame
     )
 
 
-def validate_events(
-    raw: DataFrame,
-    cfg: IngestConfig,
-    *,
-    run_id: str,
-    now: dt.datetime,
-    known_items: DataFrame | None = None,
-    key: bytes | None = None,
-) -> tuple[DataFrame, DataFrame]:
-    """(accepted ``EVENTS_RAW`` rows, ``QUARANTINE`` rows) of adapter event rows.
-
-    With ``key``, user and session ids are pseudonymized (see :func:`pseudonymize_checked`).
-    Unpersisted: :func:`run_ingest` persists the checked frame once and splits it.
-    """
-    checked = check_events(raw, cfg, now=now, known_items=known_items)
-    if key is not None:
-        checked = pseudonymize_checked(checked, key, redact_unparsable=cfg.pseudonymize.redact_unparsable)
-    return accepted_rows(checked, EVENTS_RAW), quarantine_rows(checked, run_id=run_id, table="events")
-
-
-def validate_items(raw: DataFrame, cfg: IngestConfig, *, run_id: str) -> tuple[DataFrame, DataFrame]:
-    """(accepted ``ITEMS_RAW`` rows, ``QUARANTINE`` rows) of adapter item rows."""
-    checked = check_items(raw, cfg)
-    return accepted_rows(checked, ITEMS_RAW), quarantine_rows(checked, run_id=run_id, table="items")
-
-
 def _reason_count_columns(reasons: Sequence[str]) -> list[Column]:
     """Aggregates for ``DataFrame.observe``: all rows, and the rows of each reason."""
     return [F.count(F.lit(1)).alias("rows"), *[F.count_if(F.col("reason") == r).alias(r) for r in reasons]]
@@ -492,7 +475,7 @@ def check_session(spark: SparkSession, cfg: IngestConfig) -> None:
             f"{zone!r}: set spark.conf.spark.sql.session.timeZone=UTC (recaug's session factory does)"
         )
     pattern = effective_timestamp_format(cfg)
-    if pattern is not None and pattern not in ("epoch_seconds", "epoch_millis"):
+    if pattern is not None and pattern not in EPOCH_FORMATS:
         try:
             spark.range(1).select(F.try_to_timestamp(F.lit("2000-01-01"), F.lit(pattern))).collect()
         except Exception as error:  # Spark raises IllegalArgumentException / AnalysisException
@@ -590,16 +573,9 @@ def run_ingest(ctx: RunContext) -> StageResult:
 
 def _already_committed(ctx: RunContext, txn: tuple[str, int]) -> dict[str, int] | None:
     """The output tables' versions when this run id already committed all of them, else None."""
-    from recaug_spark.delta import committed_txn_version
-
-    versions = {}
-    for table in OUTPUT_TABLES:
-        uri = ctx.warehouse.uri(table)
-        done = committed_txn_version(uri, txn[0])
-        if done is None or done < txn[1]:
-            return None
-        versions[table] = ctx.warehouse.version(table)
-    return versions
+    if not all(ctx.warehouse.committed(table, txn) for table in OUTPUT_TABLES):
+        return None
+    return {table: ctx.warehouse.version(table) for table in OUTPUT_TABLES}
 
 
 def reconcile(counts: Mapping[str, int], written: Mapping[str, object]) -> None:

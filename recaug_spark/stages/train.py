@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from recaug_spark.paths import is_remote, local_path
 from recaug_spark.runs import RunContext, StageResult
 
 METRIC_COUNTS = ("ndcg@10", "hr@10")  # reported in StageResult.counts (× 10,000) for the summary
@@ -27,9 +28,9 @@ def report_dir(ctx: RunContext) -> Path:
     if configured:
         return Path(configured).expanduser().resolve() / ctx.run_id
     root = ctx.warehouse.root
-    if "://" in root and not root.startswith("file://"):
+    if is_remote(root):
         return Path("reports").resolve() / ctx.run_id  # a remote warehouse: the report stays local
-    return Path(root.removeprefix("file://")).expanduser().resolve() / "reports" / ctx.run_id
+    return Path(local_path(root)).expanduser().resolve() / "reports" / ctx.run_id
 
 
 def count_key(variant: str, metric: str, suffix: str = "") -> str:
@@ -38,7 +39,6 @@ def count_key(variant: str, metric: str, suffix: str = "") -> str:
 
 
 def run_train(ctx: RunContext) -> StageResult:
-    from recaug_spark.delta import committed_txn_version
     from recaug_spark.train.quality import ALL_AUGMENTED
     from recaug_spark.train.experiment import (
         compare,
@@ -48,13 +48,11 @@ def run_train(ctx: RunContext) -> StageResult:
         plan_experiment,
         run_experiment,
         values_by_variant,
-        write_report,
     )
+    from recaug_spark.train.report import write_report
 
     cfg = ctx.cfg.train
-    app_id, txn_version = ctx.txn("train")
-    done = committed_txn_version(ctx.warehouse.uri("metrics"), app_id)
-    if done is not None and done >= txn_version:
+    if ctx.warehouse.committed("metrics", ctx.txn("train")):
         return StageResult("train", rows_in=0, rows_out=0, tables={"metrics": ctx.warehouse.version("metrics")},
                            skipped=True)
 

@@ -11,5 +11,12 @@ Modules:
   streaming Parquet reader, the item ``Vocabulary`` and ``SequenceTrainingData`` (SASRec tensors).
 * ``models``  — SASRec and GRU4Rec behind one interface (``forward``, ``score_all``).
 * ``metrics`` — ranks under full or sampled ranking, HR/NDCG/Recall@K, MRR, AUC, breakdowns, CIs.
-* ``trainer`` — ``train`` (one process), ``train_rank`` (a TorchDistributor rank), ``train_seeds``.
+* ``trainer`` — ``train`` (one process), ``train_rank`` (a TorchDistributor rank), ``train_seeds``;
+  the loop in parts (``Objective``, ``EarlyStopping``, one function per epoch, validation, test
+  and checkpoint).
+* ``experiment`` — plans and runs a baseline against augmented variants at an equal step budget;
+  the metrics table rows and the with-vs-without comparison.
+* ``report``  — the experiment's report folder: ``report.md``, ``runs.json`` and its plots.
+* ``quality`` — data-quality figures of an augmented table from Spark aggregates (fidelity,
+  diversity, privacy), as Markdown and plots.
 """

@@ -24,11 +24,9 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
-from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -66,43 +64,22 @@ def pinned_files(uri: str, version: int | None = None, chains: Iterable[str] | N
     value is one of them, so other operators' files are never opened. A file whose log entry has
     no ``numRecords`` gets its count from its Parquet footer (only files that passed the filter).
     """
-    from deltalake import DeltaTable
+    from recaug_spark.delta import data_files
 
-    table = DeltaTable(uri, version=version)
-    actions = pa.table(table.get_add_actions(flatten=True))
-    partition_columns = list(table.metadata().partition_columns)
+    listing = data_files(uri, version)
     wanted = None
     if chains is not None:
         wanted = set(chains)
-        if column not in partition_columns:
+        if column not in listing.partition_columns:
             raise TrainDataError(f"cannot filter {uri} by {column}={sorted(wanted)}: the table is partitioned by "
-                                 f"{partition_columns or 'nothing'}")
-    root = _root(uri)
-    values = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_columns}
-    paths = actions.column("path").to_pylist()
-    sizes = actions.column("size_bytes").to_pylist()
-    records = (actions.column("num_records").to_pylist() if "num_records" in actions.column_names
-               else [None] * len(paths))
+                                 f"{list(listing.partition_columns) or 'nothing'}")
     files = []
-    for i, path in enumerate(paths):
-        partition = tuple((c, values[c][i]) for c in partition_columns)
-        if wanted is not None and dict(partition)[column] not in wanted:
+    for f in listing.files:  # ordered by path
+        if wanted is not None and dict(f.partition)[column] not in wanted:
             continue
-        local = unquote(path)  # the log stores paths percent-encoded; the filesystem has them decoded once
-        full = local if ("://" in local or local.startswith("/")) else f"{root}/{local}"
-        rows = records[i]
-        if rows is None:
-            rows = _open(full).metadata.num_rows
-        files.append(DataFile(full, int(rows), int(sizes[i]), partition))
-    return sorted(files, key=lambda f: f.path)
-
-
-def _root(uri: str) -> str:
-    if "://" in uri and not uri.startswith("file://"):
-        return uri.rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    return os.path.abspath(uri).rstrip("/")
+        rows = f.rows if f.rows is not None else _open(f.path).metadata.num_rows
+        files.append(DataFile(f.path, int(rows), f.size, f.partition))
+    return files
 
 
 def shard_files(files: Sequence[DataFile], rank: int, world_size: int) -> list[DataFile]:
@@ -123,7 +100,9 @@ def shard_files(files: Sequence[DataFile], rank: int, world_size: int) -> list[D
 
 
 def _open(path: str) -> pq.ParquetFile:
-    if "://" in path:
+    from recaug_spark.paths import is_uri
+
+    if is_uri(path):
         import pyarrow.fs as pafs
 
         fs, inner = pafs.FileSystem.from_uri(path)
@@ -287,7 +266,7 @@ def targets_of(targets, split: str | None = None) -> pa.Table:
     return table.select(["user_id", "item_id"])
 
 
-def _tails(offsets: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
+def tails(offsets: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
     """[n, width] matrix of each sequence's last ``width`` items, left-padded with 0."""
     n = len(offsets) - 1
     out = np.zeros((n, width), dtype=np.int64)
@@ -301,7 +280,7 @@ def _tails(offsets: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _gather(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gather(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Offsets and items of the sequences ``rows`` (in that order), vectorised."""
     rows = np.asarray(rows, dtype=np.int64)
     lengths = offsets[rows + 1] - offsets[rows]
@@ -313,7 +292,7 @@ def _gather(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray) -> tuple[n
 def _member(rows: np.ndarray, values: np.ndarray, seq_offsets: np.ndarray, seq_items: np.ndarray,
             selected: np.ndarray, base: int) -> np.ndarray:
     """Whether values[i] occurs in sequence selected[rows[i]] (vectorised with sorted keys)."""
-    offsets, flat = _gather(seq_offsets, seq_items, selected)
+    offsets, flat = gather(seq_offsets, seq_items, selected)
     local = np.repeat(np.arange(len(selected)), np.diff(offsets))
     keys = np.unique(local * base + flat)
     if not len(keys):
@@ -330,7 +309,9 @@ def _positions(values, within) -> np.ndarray:
     return found.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _seed(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integer parts (e.g. seed, epoch, rank): a change in any part
+    gives an unrelated seed."""
     from recaug_spark.rng import mix64
 
     value = np.uint64(0)
@@ -359,9 +340,9 @@ class SequenceTrainingData:
 
     def __post_init__(self):
         self._rows = np.flatnonzero(np.diff(self.offsets) >= 2)
-        self._seq_offsets, self._seq_items = _gather(np.asarray(self.offsets, np.int64),
+        self._seq_offsets, self._seq_items = gather(np.asarray(self.offsets, np.int64),
                                                      np.asarray(self.items, np.int64), self._rows)
-        self._tail = _tails(self._seq_offsets, self._seq_items, self.max_len + 1).astype(np.int32)
+        self._tail = tails(self._seq_offsets, self._seq_items, self.max_len + 1).astype(np.int32)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -392,15 +373,26 @@ class SequenceTrainingData:
         negatives = flat.reshape(positives.shape)
         return torch.from_numpy(inputs), torch.from_numpy(positives), torch.from_numpy(negatives)
 
+    @property
+    def sequence_rows(self) -> np.ndarray:
+        """For each training row (0..len - 1), the index of its sequence in the input ``offsets``."""
+        return self._rows
+
     def batches(self, epoch: int, batch_size: int, seed: int, rank: int = 0, steps: int | None = None):
-        """Shuffled batches for one epoch; randomness is a function of (seed, epoch, rank).
+        """Shuffled batches ``(input_ids, positives, negatives)`` for one epoch; see ``batch_rows``."""
+        for rows, generator in self.batch_rows(epoch, batch_size, seed, rank, steps):
+            yield self.tensors(rows, generator)
+
+    def batch_rows(self, epoch: int, batch_size: int, seed: int, rank: int = 0, steps: int | None = None):
+        """``(rows, generator)`` per batch of one epoch: training row indices and the epoch's generator
+        (which ``tensors`` draws negatives from); randomness is a function of (seed, epoch, rank).
 
         ``steps`` > the natural number of batches repeats (reshuffled) passes over the data, so that
         every rank of a distributed run takes the same number of steps.
         """
         import torch
 
-        generator = torch.Generator().manual_seed(_seed(seed, epoch, rank))
+        generator = torch.Generator().manual_seed(mix_seed(seed, epoch, rank))
         n = len(self)
         natural = self.num_batches(batch_size)
         steps = natural if steps is None else steps
@@ -414,7 +406,7 @@ class SequenceTrainingData:
             rows = order[step * batch_size:(step + 1) * batch_size]
             if len(rows) == 0:
                 break
-            yield self.tensors(rows, generator)
+            yield rows, generator
 
 
 # ---------------------------------------------------------------- evaluation users
@@ -449,9 +441,9 @@ class EvalSet:
         order = np.argsort((self.inputs != 0).sum(1), kind="stable") if by_length else np.arange(len(self))
         for start in range(0, len(self), batch_size):
             idx = order[start:start + batch_size]
-            offsets, items = _gather(self.history_offsets, self.history_items, idx)
+            offsets, items = gather(self.history_offsets, self.history_items, idx)
             width = max(int(np.diff(offsets).max()) if len(idx) else 1, 1)
-            history = _tails(offsets, items, width)
+            history = tails(offsets, items, width)
             yield idx, self.inputs[idx], self.targets[idx], history
 
     @classmethod
@@ -472,7 +464,7 @@ class EvalSet:
             valid_index = vocabulary.encode(valid.column("item_id"))
             extra = np.where(at >= 0, valid_index[np.maximum(at, 0)] if len(valid_index) else 0, 0)
             extra[(extra < 1) | (extra > vocabulary.n_items)] = 0
-        offsets, items = _gather(histories.offsets, histories.items, rows)
+        offsets, items = gather(histories.offsets, histories.items, rows)
         if (extra > 0).any():  # append the validation item to those users' histories
             lengths = np.diff(offsets) + (extra > 0)
             grown = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -482,6 +474,6 @@ class EvalSet:
             out[grown[1:][extra > 0] - 1] = extra[extra > 0]
             offsets, items = grown, out
         lengths = np.diff(offsets)
-        return cls(user_ids=user_ids, inputs=_tails(offsets, items, max_len), targets=target_index,
+        return cls(user_ids=user_ids, inputs=tails(offsets, items, max_len), targets=target_index,
                    history_offsets=offsets, history_items=items, history_lengths=lengths,
                    unknown_targets=int((has_history & ~known).sum()), missing_histories=int((~has_history).sum()))

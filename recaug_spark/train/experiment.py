@@ -11,9 +11,9 @@ Every arm uses the same seeds, the same item vocabulary (the ``items`` table: id
 sets under full ranking), the same evaluation users (validation targets for early stopping, test
 targets for the report, histories from the real rows) and the same hyper-parameters.
 
-**Fair comparison rule (DESIGN.md's trap).** An augmented epoch has more batches, so counting
-training time or patience in epochs lets an augmented arm train longer than the baseline and look
-better for it. Here an epoch is a *fixed number of optimizer steps* for every arm:
+**Fair comparison rule.** An augmented epoch has more batches, so counting training time or
+patience in epochs would let an augmented arm train longer than the baseline and look better for
+that alone. Here an epoch is a *fixed number of optimizer steps* for every arm:
 ``train.steps_per_epoch``, by default the baseline's natural epoch (⌈real rows / batch size⌉).
 Validation happens every ``eval_every`` such epochs, and ``patience`` and the ``epochs`` budget are
 therefore measured in steps, identically for every arm: each arm gets at most ``epochs ×
@@ -22,11 +22,12 @@ without a better validation score. The baseline trains exactly as it would alone
 sees a smaller share of its larger data per "epoch" but never more updates. The steps each run
 took are recorded in the report. Results are means over seeds with 95% Student-t intervals, and the
 change against the baseline is also given *paired by seed* (same seed, same initial weights), whose
-interval is what tells a real effect from noise (DESIGN.md: seed-to-seed spread ≈ 3% NDCG@10).
+interval is what tells a real effect from noise (NDCG@10 typically moves by about 3% from one seed to
+another).
 
-Outputs: rows for the ``metrics`` Delta table (``metric_rows`` / ``METRICS``), a plain-text
-comparison table (``comparison_table``), and a report folder with ``report.md`` and PNG plots
-(``write_report``).
+Outputs: rows for the ``metrics`` Delta table (``metric_rows`` / ``metrics_schema``) and a
+plain-text comparison table (``comparison_table``); ``recaug_spark.train.report.write_report``
+writes the report folder (``report.md`` and PNG plots).
 
 Example::
 
@@ -40,19 +41,17 @@ Example::
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from recaug_spark.schemas import REAL_CHAIN
 from recaug_spark.train import metrics as M
+from recaug_spark.train.data import CHAIN_COLUMN
 
 BASELINE = "baseline"
-REAL_CHAIN = "real"
-CHAIN_COLUMN = "operator_chain"
 REPORT_METRICS = ("ndcg@10", "hr@10", "mrr")
 
 
@@ -67,6 +66,12 @@ class Arm:
     name: str
     chains: tuple[str, ...]  # augmented chains trained on besides "real" (empty for the baseline)
     requested: str = ""  # the chains as configured ("all" or a list), for the report
+    variant: Any = field(default=None, compare=False)  # its VariantConfig (None: the baseline)
+
+    @property
+    def consume(self) -> str:
+        """How the arm consumes its augmented rows (``recaug_spark.train.consumption``)."""
+        return "rows" if self.variant is None else self.variant.consume
 
 
 @dataclass(frozen=True)
@@ -94,13 +99,13 @@ def resolve_arms(variants: Sequence, available: Sequence[str]) -> tuple[Arm, ...
             if not augmented:
                 raise ExperimentError(f"variant {variant.name!r} asks for all chains but the table has no augmented "
                                       f"rows (chains: {sorted(available)})")
-            arms.append(Arm(variant.name, tuple(augmented), "all"))
+            arms.append(Arm(variant.name, tuple(augmented), "all", variant))
             continue
         unknown = sorted(set(variant.chains) - set(augmented))
         if unknown:
             raise ExperimentError(f"variant {variant.name!r}: chain(s) {unknown} not in the table; chains present: "
                                   f"{augmented}")
-        arms.append(Arm(variant.name, tuple(variant.chains), ", ".join(variant.chains)))
+        arms.append(Arm(variant.name, tuple(variant.chains), ", ".join(variant.chains), variant))
     return tuple(arms)
 
 
@@ -115,7 +120,8 @@ def plan_experiment(cfg, table_uri: str, targets_uri: str, items_uri: str | None
 
     for name, uri in (("augmented table", table_uri), ("targets table", targets_uri)):
         if not table_exists(uri):
-            raise ExperimentError(f"no {name} at {uri}: run the pipeline through augment first (recaug run --until augment)")
+            raise ExperimentError(f"no {name} at {uri}: run the pipeline through augment first "
+                                  "(recaug run --until augment)")
     version = table_version(table_uri) if version is None else version
     targets_version = table_version(targets_uri) if targets_version is None else targets_version
     if items_uri is not None and table_exists(items_uri):
@@ -124,7 +130,8 @@ def plan_experiment(cfg, table_uri: str, targets_uri: str, items_uri: str | None
         items_uri, items_version = None, None
     rows = {k: v for k, v in rows_by_partition(table_uri, CHAIN_COLUMN, version).items() if k is not None}
     if not rows.get(REAL_CHAIN):
-        raise ExperimentError(f"{table_uri}@{version} has no real rows ({CHAIN_COLUMN} = 'real'); chains: {sorted(rows)}")
+        raise ExperimentError(f"{table_uri}@{version} has no real rows ({CHAIN_COLUMN} = '{REAL_CHAIN}'); "
+                              f"chains: {sorted(rows)}")
     arms = resolve_arms(cfg.variants, list(rows))
     steps = cfg.steps_per_epoch or max(1, math.ceil(rows[REAL_CHAIN] / cfg.batch_size))
     return ExperimentPlan(table_uri, version, targets_uri, targets_version, items_uri, items_version, arms, rows, steps)
@@ -156,89 +163,129 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
     record as its run ends (e.g. to save partial results of a long study); ``finished``: results of
     runs an interrupted study already saved, by (arm name, seed): they are reported, not retrained
     (the caller vouches that they came from the same plan and settings)."""
-    from recaug_spark.train.data import Vocabulary, pinned_files, read_targets
-
     trainer_cfg = cfg.trainer_config().model_copy(update={"steps_per_epoch": plan.steps_per_epoch})
     runs = [(arm, seed) for seed in cfg.seeds for arm in plan.arms]
-    records: dict[tuple[str, int], RunRecord] = {}
-    reused = [(arm, seed) for arm, seed in runs if (arm.name, seed) in (finished or {})]
-    runs_to_train = [run for run in runs if run not in reused]
-
-    def done(arm: Arm, seed: int, result: dict, seconds: float) -> None:
-        records[arm.name, seed] = RunRecord(arm.name, seed, result)
-        if on_record is not None:
-            on_record(records[arm.name, seed])
-        if log is not None:
-            log(f"[train] {len(records)}/{len(runs)} {arm.name} seed {seed}: test {cfg.early_stopping_metric} "
-                f"{result['test'][cfg.early_stopping_metric]:.4f} after {result['epochs_run']} × "
-                f"{result['steps_per_epoch']} steps (best epoch {result['best_epoch']}) in {seconds:.1f}s"
-                + (" (saved by an earlier study)" if (arm, seed) in reused else ""))
-
-    for arm, seed in reused:
-        done(arm, seed, finished[arm.name, seed], 0.0)
-
+    finished = finished or {}
+    recorder = _Recorder(len(runs), cfg.early_stopping_metric, on_record, log)
+    for arm, seed in runs:
+        if (arm.name, seed) in finished:
+            recorder.done(arm, seed, finished[arm.name, seed], 0.0, saved=True)
+    to_train = [(arm, seed) for arm, seed in runs if (arm.name, seed) not in finished]
     if cfg.num_processes > 1:
-        from pyspark.ml.torch.distributor import TorchDistributor
+        rows_only = [arm.name for arm, _ in to_train if arm.consume != "rows"]
+        if rows_only:
+            raise ExperimentError(f"variant(s) {sorted(set(rows_only))} consume augmented rows in another way than "
+                                  "as rows, which runs in one process per model: set train.num_processes to 1")
+        _train_distributed(plan, trainer_cfg, cfg.num_processes, to_train, recorder)
+    else:
+        shared = _shared_inputs(plan, trainer_cfg)
+        if cfg.parallel_runs <= 1 or len(to_train) <= 1:
+            _train_one_by_one(shared, to_train, recorder, epoch_log, log)
+        else:
+            _train_side_by_side(shared, to_train, recorder, epoch_log, cfg.parallel_runs)
+    return [recorder.records[arm.name, seed] for arm in plan.arms for seed in cfg.seeds]
 
-        from recaug_spark.train.trainer import train_rank
 
-        distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=True,
-                                       use_gpu=trainer_cfg.device == "cuda")
-        payload = trainer_cfg.model_dump_json()
-        for arm, seed in runs_to_train:
-            started = time.perf_counter()
-            result = distributor.run(train_rank, payload, plan.table_uri, version=plan.version,
-                                     chains=[REAL_CHAIN, *arm.chains], targets_uri=plan.targets_uri,
-                                     targets_version=plan.targets_version, items_uri=plan.items_uri,
-                                     items_version=plan.items_version, seed=seed)
-            done(arm, seed, result, time.perf_counter() - started)
-        return [records[arm.name, seed] for arm in plan.arms for seed in cfg.seeds]
+@dataclass
+class _Recorder:
+    """Collects the records of an experiment's runs as they end, and reports each one."""
+
+    total: int
+    metric: str
+    on_record: Callable[[RunRecord], None] | None
+    log: Callable[[str], None] | None
+    records: dict[tuple[str, int], RunRecord] = field(default_factory=dict)
+
+    def done(self, arm: Arm, seed: int, result: dict, seconds: float, saved: bool = False) -> None:
+        self.records[arm.name, seed] = record = RunRecord(arm.name, seed, result)
+        if self.on_record is not None:
+            self.on_record(record)
+        if self.log is not None:
+            self.log(f"[train] {len(self.records)}/{self.total} {arm.name} seed {seed}: test {self.metric} "
+                     f"{result['test'][self.metric]:.4f} after {result['epochs_run']} × "
+                     f"{result['steps_per_epoch']} steps (best epoch {result['best_epoch']}) in {seconds:.1f}s"
+                     + (" (saved by an earlier study)" if saved else ""))
+
+
+def _train_distributed(plan: ExperimentPlan, trainer_cfg, processes: int, runs: Sequence[tuple[Arm, int]],
+                       recorder: _Recorder) -> None:
+    """Each run on ``processes`` TorchDistributor ranks (local mode), one run after another."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from recaug_spark.train.trainer import train_rank
+
+    distributor = TorchDistributor(num_processes=processes, local_mode=True, use_gpu=trainer_cfg.device == "cuda")
+    payload = trainer_cfg.model_dump_json()
+    for arm, seed in runs:
+        started = time.perf_counter()
+        result = distributor.run(train_rank, payload, plan.table_uri, version=plan.version,
+                                 chains=[REAL_CHAIN, *arm.chains], targets_uri=plan.targets_uri,
+                                 targets_version=plan.targets_version, items_uri=plan.items_uri,
+                                 items_version=plan.items_version, seed=seed)
+        recorder.done(arm, seed, result, time.perf_counter() - started)
+
+
+def _shared_inputs(plan: ExperimentPlan, trainer_cfg) -> tuple:
+    """What every in-process run shares: (trainer config, plan, history files, targets, vocabulary)."""
+    from recaug_spark.train.data import Vocabulary, pinned_files, read_targets
 
     history = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN])
     targets = read_targets(plan.targets_uri, plan.targets_version)
     if plan.items_uri is not None:
         vocabulary = Vocabulary.from_items_table(plan.items_uri, plan.items_version)
     else:
-        from recaug_spark.train.trainer import _target_items
+        from recaug_spark.train.trainer import target_items
 
         vocabulary = Vocabulary.from_files(pinned_files(plan.table_uri, plan.version),
-                                           extra=_target_items(targets, None))
-    shared = (trainer_cfg, plan, history, targets, vocabulary)
-    if cfg.parallel_runs <= 1 or len(runs_to_train) <= 1:
-        for arm, seed in runs_to_train:
-            started = time.perf_counter()
-            prefix = f"[train] {arm.name} seed {seed}:" if epoch_log and log is not None else None
-            result = _train_local(*shared, arm.chains, seed, prefix, log)
-            done(arm, seed, result, time.perf_counter() - started)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn: a fresh interpreter per worker (no forked JVM gateway or torch thread pools)
-        with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(runs_to_train)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            started = time.perf_counter()
-            futures = {pool.submit(_train_local, *shared, arm.chains, seed,
-                                   f"[train] {arm.name} seed {seed}:" if epoch_log else None): (arm, seed)
-                       for arm, seed in runs_to_train}
-            for future in as_completed(futures):
-                arm, seed = futures[future]
-                done(arm, seed, future.result(), time.perf_counter() - started)
-    return [records[arm.name, seed] for arm in plan.arms for seed in cfg.seeds]
+                                           extra=target_items(targets, None))
+    return trainer_cfg, plan, history, targets, vocabulary
 
 
-def _train_local(trainer_cfg, plan: ExperimentPlan, history, targets, vocabulary, chains: Sequence[str], seed: int,
+def _train_one_by_one(shared: tuple, runs: Sequence[tuple[Arm, int]], recorder: _Recorder, epoch_log: bool,
+                      log: Callable[[str], None] | None) -> None:
+    for arm, seed in runs:
+        started = time.perf_counter()
+        prefix = _run_label(arm, seed) if epoch_log and log is not None else None
+        result = _train_local(*shared, arm, seed, prefix, log)
+        recorder.done(arm, seed, result, time.perf_counter() - started)
+
+
+def _train_side_by_side(shared: tuple, runs: Sequence[tuple[Arm, int]], recorder: _Recorder, epoch_log: bool,
+                        workers: int) -> None:
+    """Up to ``workers`` runs at once, each in a fresh worker process (per-epoch lines go to stderr)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fresh interpreter per worker (no forked JVM gateway or torch thread pools)
+    with ProcessPoolExecutor(max_workers=min(workers, len(runs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        started = time.perf_counter()
+        futures = {pool.submit(_train_local, *shared, arm, seed,
+                               _run_label(arm, seed) if epoch_log else None): (arm, seed)
+                   for arm, seed in runs}
+        for future in as_completed(futures):
+            arm, seed = futures[future]
+            recorder.done(arm, seed, future.result(), time.perf_counter() - started)
+
+
+def _run_label(arm: Arm, seed: int) -> str:
+    return f"[train] {arm.name} seed {seed}:"
+
+
+def _train_local(trainer_cfg, plan: ExperimentPlan, history, targets, vocabulary, arm: Arm, seed: int,
                  log_prefix: str | None = None, log: Callable[[str], None] | None = None) -> dict:
     """One model of an experiment in this process (a worker process when runs are parallel)."""
+    from recaug_spark.train.consumption import arm_inputs
     from recaug_spark.train.data import pinned_files
     from recaug_spark.train.trainer import train
 
-    files = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN, *chains])
+    chain_files = pinned_files(plan.table_uri, plan.version, list(arm.chains)) if arm.chains else []
+    files, objective = arm_inputs(arm.variant, history, chain_files)
     epoch_log = None
     if log_prefix is not None:
         epoch_log = functools.partial(_prefixed, log_prefix, log or _stderr)
     return train(trainer_cfg, files, targets, targets, history_files=history, vocabulary=vocabulary, seed=seed,
-                 log=epoch_log)
+                 log=epoch_log, objective=objective)
 
 
 def _stderr(line: str) -> None:
@@ -325,7 +372,8 @@ def compare(values: Mapping[str, Mapping[int, float]], metric: str, baseline: st
     for variant, by_seed in values.items():
         stats = M.mean_ci(list(by_seed.values()), confidence)
         if variant == baseline:
-            out.append(Comparison(variant, metric, stats["mean"], stats["half_width"], stats["n"], 0.0, math.nan, math.nan))
+            out.append(Comparison(variant, metric, stats["mean"], stats["half_width"], stats["n"], 0.0, math.nan,
+                                  math.nan))
             continue
         seeds = sorted(set(by_seed) & set(base))
         relative = (stats["mean"] - base_mean) / base_mean if base_mean else math.nan
@@ -358,7 +406,8 @@ def format_relative(c: Comparison) -> str:
     return text
 
 
-def format_comparison(rows_by_metric: Mapping[str, Sequence[Comparison]], chains: Mapping[str, str] | None = None) -> str:
+def format_comparison(rows_by_metric: Mapping[str, Sequence[Comparison]],
+                      chains: Mapping[str, str] | None = None) -> str:
     """A fixed-width text table: one line per variant, for each metric mean ± CI and Δ vs baseline."""
     metrics = list(rows_by_metric)
     variants = [c.variant for c in rows_by_metric[metrics[0]]]
@@ -397,138 +446,3 @@ def comparison_table(records: Sequence[RunRecord], metrics: Sequence[str] = REPO
     title = (f"test, {protocol} ranking, group {group}: mean ± 95% CI over {len(seeds)} seed(s); "
              f"Δ relative to baseline with its paired-by-seed 95% CI (* = excludes 0)")
     return title + "\n" + format_comparison(rows, chains)
-
-
-# ---------------------------------------------------------------- report
-
-def _convergence_note(records: Sequence[RunRecord]) -> list[str]:
-    unfinished = [r for r in records if not r.result.get("stopped_early")
-                  and r.result.get("best_epoch", -1) + 1 == r.result.get("epochs_run")]
-    if not unfinished:
-        return []
-    return [f"Note: {len(unfinished)} of {len(records)} runs were still improving when the step budget ended. "
-            "The comparison holds at equal training steps; to compare against a converged baseline, raise "
-            "`train.epochs` (patience then decides when each run stops).", ""]
-
-
-def write_report(folder: str | Path, plan: ExperimentPlan, cfg, records: Sequence[RunRecord], *, run_id: str,
-                 experiment: str, config_hash: str, quality: Mapping[str, Any] | None = None) -> Path:
-    """``report.md`` plus PNG plots into ``folder``; returns the path of report.md."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chains = {a.name: a.requested for a in plan.arms}
-    variants = [a.name for a in plan.arms]
-    stop = cfg.early_stopping_metric
-    metrics = list(dict.fromkeys([stop, *REPORT_METRICS]))
-
-    # Plot 1: test metrics per variant with 95% CIs.
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        rows = compare(values_by_variant(records, metric), metric)
-        ax.bar(range(len(rows)), [c.mean for c in rows],
-               yerr=[0 if math.isnan(c.half_width) else c.half_width for c in rows], capsize=4,
-               color=["#888888" if c.variant == BASELINE else "#3b75af" for c in rows])
-        ax.set_xticks(range(len(rows)), [c.variant for c in rows], rotation=20, fontsize=8)
-        ax.set_title(f"test {metric}")
-    fig.tight_layout()
-    fig.savefig(folder / "metrics.png", dpi=100)
-    plt.close(fig)
-
-    # Plot 2: the early-stopping metric by group (short/long histories, head/tail targets).
-    groups = sorted({g for r in records for g in r.result.get("test_breakdown", {})})
-    if groups:
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-        width = 0.8 / len(variants)
-        for i, variant in enumerate(variants):
-            means, errors = [], []
-            for g in groups:
-                stats = [r.result["test_breakdown"][g].get(stop, math.nan) for r in records
-                         if r.variant == variant and g in r.result.get("test_breakdown", {})]
-                ci = M.mean_ci(stats) if stats else {"mean": math.nan, "half_width": math.nan}
-                means.append(ci["mean"])
-                errors.append(0 if math.isnan(ci["half_width"]) else ci["half_width"])
-            ax.bar([j + i * width for j in range(len(groups))], means, width, yerr=errors, capsize=3, label=variant)
-        ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(groups))], groups)
-        ax.set_title(f"test {stop} by group")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "groups.png", dpi=100)
-        plt.close(fig)
-
-    # Plot 3: validation curves against optimizer steps (the fairness axis), one line per run.
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    colors = {v: f"C{i}" for i, v in enumerate(variants)}
-    for r in records:
-        points = [((h["epoch"] + 1) * r.result["steps_per_epoch"], h[f"valid_{stop}"]) for h in r.result["history"]
-                  if f"valid_{stop}" in h]
-        if points:
-            ax.plot(*zip(*points), color=colors[r.variant], alpha=0.8,
-                    label=r.variant if r.seed == cfg.seeds[0] else None)
-    ax.set_xlabel("optimizer steps")
-    ax.set_ylabel(f"valid {stop}")
-    ax.set_title("Validation during training (same step budget for every variant)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "validation.png", dpi=100)
-    plt.close(fig)
-
-    plots = ["metrics.png", *(["groups.png"] if groups else []), "validation.png"]
-    if quality is not None:
-        from recaug_spark.train.quality import quality_plots
-
-        plots += quality_plots(quality, folder)
-
-    runs_lines = ["| variant | seed | training rows | epochs run | best epoch | steps | "
-                  f"valid {stop} | test {stop} | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in records:
-        res = r.result
-        valid = (res.get("valid") or {}).get(stop, math.nan)
-        runs_lines.append(f"| {r.variant} | {r.seed} | {res.get('train_sequences', 0):,} | {res['epochs_run']} | "
-                          f"{res['best_epoch'] + 1} | {r.steps:,} | {valid:.4f} | {res['test'][stop]:.4f} | "
-                          f"{res.get('seconds_total', 0.0):.1f} |")
-    arms_lines = ["| variant | chains | rows (real + augmented) |", "|---|---|---:|"]
-    arms_lines += [f"| {a.name} | {a.requested} | {plan.rows(a):,} |" for a in plan.arms]
-    group_tables = [f"### Group `{g}`\n\n```\n{comparison_table(records, (stop,), group=g, chains=chains)}\n```\n"
-                    for g in groups]
-    trainer = cfg.trainer_config()
-    lines = [
-        f"# Experiment `{experiment}` — run `{run_id}`", "",
-        f"- augmented table: `{plan.table_uri}` version {plan.version} (pinned for every run)",
-        f"- targets: `{plan.targets_uri}` version {plan.targets_version}; items: "
-        + (f"`{plan.items_uri}` version {plan.items_version}" if plan.items_uri else "from the training files"),
-        f"- model: {trainer.model}, hidden {trainer.hidden}, {trainer.blocks} block(s), max_len {trainer.max_len}, "
-        f"batch {trainer.batch_size}, lr {trainer.lr:g}; evaluation: {trainer.negatives_protocol} ranking, "
-        f"early stopping on valid {stop}",
-        f"- seeds: {list(cfg.seeds)}; config hash `{config_hash}`", "",
-        "## Fair comparison", "",
-        f"Every variant trains with the same step budget: an epoch is {plan.steps_per_epoch} optimizer steps "
-        f"(the baseline's natural epoch unless `train.steps_per_epoch` is set), at most {trainer.epochs} epochs "
-        f"= {trainer.epochs * plan.steps_per_epoch:,} steps, validated every {trainer.eval_every} epoch(s), "
-        f"stopped after {trainer.patience} validation(s) = "
-        f"{trainer.patience * trainer.eval_every * plan.steps_per_epoch:,} steps without improvement. An augmented "
-        "variant therefore gets no more updates than the baseline; the gain, if any, is from the data.", "",
-        *arms_lines, "",
-        "## Results (test split)", "",
-        "```", comparison_table(records, metrics, chains=chains), "```", "",
-        "![test metrics](metrics.png)", "",
-        *(["## By group", "", "short/long: history length ≤ / > "
-           f"{trainer.short_history_max}; head/tail: target among the {trainer.head_item_share:.0%} most popular "
-           "items or not.", "", *group_tables, "![groups](groups.png)", ""] if groups else []),
-        "## Training runs", "", *runs_lines, "", *_convergence_note(records), "![validation curves](validation.png)", "",
-    ]
-    if quality is not None:
-        from recaug_spark.train.quality import quality_markdown
-
-        lines += [quality_markdown(quality, "Data quality of the pinned table"),
-                  "![lengths](quality_lengths.png)", "", "![diversity](quality_diversity.png)", ""]
-    report = folder / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    (folder / "runs.json").write_text(json.dumps(
-        [{"variant": r.variant, "seed": r.seed, **{k: v for k, v in r.result.items() if k != "history"}}
-         for r in records], indent=2, default=str), encoding="utf-8")
-    return report

@@ -6,8 +6,8 @@ Protocol (leave-one-out, as S3-Rec / ICLRec / CL4SRec): each user has one held-o
   history are excluded — their score is set to ``-inf`` — except the target itself, which keeps
   its score when it also occurs in the history (a repeat purchase is ranked on its merit instead of
   failing by construction). The reference code of those papers sets history scores to 0 instead;
-  on Amazon Sports 5-core both give the same figures (DESIGN.md), while leaving history in is ~27%
-  lower NDCG@10. The padding column 0 is never a candidate.
+  on Amazon Sports 5-core the two give the same figures, while leaving the history in gives an
+  NDCG@10 about 27% lower. The padding column 0 is never a candidate.
 * **Sampled ranking** (``sampled_ranks``): the target is ranked against N sampled negatives (100
   by default, drawn uniformly or by popularity among the items that are neither the target nor in
   the history, see ``sample_negatives``). Sampled metrics are far higher than full-ranking ones and
@@ -37,9 +37,6 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
-
-NEG_INF = float("-inf")
-
 
 # ---------------------------------------------------------------- ranks (torch tensors or numpy)
 

@@ -86,7 +86,7 @@ class _SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float):
         super().__init__()
         self.heads, self.head_size = heads, hidden // heads
-        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
         self.attention_dropout = Dropout(attention_dropout)
         self.dense = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
@@ -224,12 +224,14 @@ def trim_leading_padding(model: nn.Module, *tensors: torch.Tensor) -> tuple[int,
     return cut, (tuple(t[:, cut:] for t in tensors) if cut else tensors)
 
 
-def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
+             negatives: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over positions with a target of −log σ(h·e⁺) − log(1 − σ(h·e⁻)).
 
     ``model`` may be wrapped (DistributedDataParallel): the forward pass goes through the wrapper,
     the item embeddings through the wrapped module. Columns that are padding in every row are cut
     first where the model allows it (:func:`trim_leading_padding`): the loss is the same.
+    ``weights`` [B] (optional): a weight per row, the mean then weighted by it (every loss here).
     """
     inner = getattr(model, "module", model)
     offset, (input_ids, positives, negatives) = trim_leading_padding(model, input_ids, positives, negatives)
@@ -237,46 +239,57 @@ def bce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
     positive_logits = (hidden * inner.item_embedding(positives)).sum(-1)
     negative_logits = (hidden * inner.item_embedding(negatives)).sum(-1)
     is_target = (positives > 0).to(hidden.dtype)
+    if weights is not None:
+        is_target = is_target * weights.to(hidden.dtype)[:, None]
     losses = -F.logsigmoid(positive_logits) - F.logsigmoid(-negative_logits)
-    return (losses * is_target).sum() / is_target.sum().clamp(min=1.0)
+    return (losses * is_target).sum() / is_target.sum().clamp(min=1e-12)
 
 
 def _target_states(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor):
-    """(hidden states [T, H], positive item indices [T]) at the T positions with a target."""
+    """(hidden states [T, H], positive item indices [T], row of each [T]) at the T positions with a target."""
     offset, (input_ids, positives) = trim_leading_padding(model, input_ids, positives)
     hidden = model(input_ids, position_offset=offset)
     is_target = positives > 0
-    return hidden[is_target], positives[is_target]
+    return hidden[is_target], positives[is_target], is_target.nonzero()[:, 0]
+
+
+def _mean(losses: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-position ``losses``, weighted by the weight of each position's row if given."""
+    if weights is None:
+        return losses.mean()
+    position_weights = weights.to(losses.dtype)[rows]
+    return (losses * position_weights).sum() / position_weights.sum().clamp(min=1e-12)
 
 
 def ce_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
-            negatives: torch.Tensor | None = None) -> torch.Tensor:
+            negatives: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over positions with a target of −log softmax(h·E)[positive], over all N items.
 
     Padding (0) and the mask token (N + 1) are never candidates. ``negatives`` is ignored (it
     keeps the signature of the other losses).
     """
     inner = getattr(model, "module", model)
-    hidden, targets = _target_states(model, input_ids, positives)
+    hidden, targets, rows = _target_states(model, input_ids, positives)
     if len(targets) == 0:
         return hidden.sum() * 0.0
     logits = hidden @ inner.item_embeddings.weight[1: inner.n_items + 1].T
-    return F.cross_entropy(logits, targets - 1)
+    return _mean(F.cross_entropy(logits, targets - 1, reduction="none"), rows, weights)
 
 
 def sampled_softmax_loss(model: nn.Module, input_ids: torch.Tensor, positives: torch.Tensor,
-                         sampled: torch.Tensor) -> torch.Tensor:
+                         sampled: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over positions with a target of −log softmax([h·e⁺, h·e⁻₁ … h·e⁻ₖ])[0].
 
     ``sampled`` [K]: item indices shared by every position of the batch; where one equals a
     position's positive it is masked out of that position's softmax.
     """
     inner = getattr(model, "module", model)
-    hidden, targets = _target_states(model, input_ids, positives)
+    hidden, targets, rows = _target_states(model, input_ids, positives)
     if len(targets) == 0:
         return hidden.sum() * 0.0
     positive_logits = (hidden * inner.item_embedding(targets)).sum(-1, keepdim=True)
     negative_logits = hidden @ inner.item_embedding(sampled).T
     negative_logits = negative_logits.masked_fill(sampled[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([positive_logits, negative_logits], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
+    zeros = torch.zeros(len(targets), dtype=torch.long, device=logits.device)
+    return _mean(F.cross_entropy(logits, zeros, reduction="none"), rows, weights)

@@ -35,13 +35,15 @@ Example::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-MASK_TOKEN = "[mask]"  # recaug_spark.augment.batch.MASK_TOKEN
-REAL = "real"
+from recaug_spark.schemas import REAL_CHAIN
+from recaug_spark.train.data import CHAIN_COLUMN, MASK_TOKEN
+
 ALL_AUGMENTED = "augmented (all)"
 
 
@@ -104,12 +106,43 @@ def gini_from_histogram(values: Sequence[float], multiplicities: Sequence[int]) 
 # ---------------------------------------------------------------- Spark aggregates
 
 def quality_report(table, *, catalog_size: int | None = None, head_share: float = 0.2,
-                   chain_column: str = "operator_chain", real_chain: str = REAL,
+                   chain_column: str = CHAIN_COLUMN, real_chain: str = REAL_CHAIN,
                    mask_token: str = MASK_TOKEN) -> dict[str, Any]:
     """Fidelity, diversity and privacy figures of ``table`` (a Spark DataFrame with ``user_id``,
     ``item_ids`` and ``chain_column``), per group: ``real``, each augmented chain and, when there
     are several, ``augmented (all)``. Returns a JSON-able dict (see the module docstring)."""
-    from pyspark import StorageLevel
+    base, group_names = _rows_by_group(table, chain_column, real_chain)
+    lengths, masks = _length_histograms(base, group_names, mask_token)
+    items = _item_aggregates(base, group_names, catalog_size, head_share, mask_token)
+    bigrams = _bigram_counts(base, mask_token)
+    privacy = _privacy_aggregates(table, base, chain_column, real_chain, mask_token)
+    groups: dict[str, dict[str, Any]] = {}
+    for g in group_names:
+        groups[g] = _diversity_figures(g, lengths[g], masks.get(g, 0), items)
+        if g != REAL_CHAIN:
+            groups[g].update(_fidelity_figures(g, lengths, items, bigrams.get(g, (0, 0))))
+            groups[g].update(_privacy_figures(privacy.get(g)))
+    return {"catalog_size": items.catalog, "head_items": items.n_head, "head_share": head_share, "groups": groups,
+            "length_histograms": {g: {int(k): int(v) for k, v in sorted(h.items())} for g, h in lengths.items()}}
+
+
+@dataclass(frozen=True)
+class _ItemAggregates:
+    frequency_hist: dict[str, list[tuple[int, int]]]  # per group: (interactions of an item, items with that count)
+    totals: dict[str, tuple[int, int]]  # per group: (interactions, distinct items)
+    catalog: int
+    n_head: int
+    head_hits: dict[str, int]  # per group: interactions on head items
+    terms: dict[str, Any]  # per augmented group: the sums over items shared with the real rows (JS, TV)
+
+    @property
+    def real_total(self) -> int:
+        return self.totals.get(REAL_CHAIN, (0, 0))[0]
+
+
+def _rows_by_group(table, chain_column: str, real_chain: str):
+    """(``user_id``, ``item_ids``, ``group``) rows, a row once per group it belongs to, and the
+    group names in report order."""
     from pyspark.sql import functions as F
 
     missing = [c for c in ("user_id", "item_ids", chain_column) if c not in table.columns]
@@ -120,11 +153,16 @@ def quality_report(table, *, catalog_size: int | None = None, head_share: float 
     if real_chain not in chains:
         raise QualityError(f"no real rows ({chain_column} = '{real_chain}') to compare with; chains: {chains}")
     augmented = [c for c in chains if c != real_chain]
-    groups_of_row = F.when(F.col(chain_column) == real_chain, F.array(F.lit(REAL)))
+    groups_of_row = F.when(F.col(chain_column) == real_chain, F.array(F.lit(REAL_CHAIN)))
     groups_of_row = groups_of_row.otherwise(F.array(F.col(chain_column), F.lit(ALL_AUGMENTED)) if len(augmented) > 1
                                             else F.array(F.col(chain_column)))
     base = table.select("user_id", "item_ids", F.explode(groups_of_row).alias("group"))
-    group_names = [REAL, *augmented, *([ALL_AUGMENTED] if len(augmented) > 1 else [])]
+    return base, [REAL_CHAIN, *augmented, *([ALL_AUGMENTED] if len(augmented) > 1 else [])]
+
+
+def _length_histograms(base, group_names: Sequence[str], mask_token: str):
+    """({group: {length: sequences}}, {group: mask tokens})."""
+    from pyspark.sql import functions as F
 
     lengths: dict[str, dict[int, int]] = {g: {} for g in group_names}
     masks: dict[str, int] = {}
@@ -133,48 +171,77 @@ def quality_report(table, *, catalog_size: int | None = None, head_share: float 
             F.count("*").alias("count"), F.sum(n_masks).alias("masks")).collect():
         lengths[row["group"]][int(row["length"])] = int(row["count"])
         masks[row["group"]] = masks.get(row["group"], 0) + int(row["masks"] or 0)
+    return lengths, masks
+
+
+def _item_aggregates(base, group_names: Sequence[str], catalog_size: int | None, head_share: float,
+                     mask_token: str) -> _ItemAggregates:
+    """Item-frequency histograms, head-item hits and the item-distribution distance terms per group."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
 
     tokens = base.select("group", F.explode("item_ids").alias("item_id"))
     counts = (tokens.where(F.col("item_id").isNotNull() & (F.col("item_id") != mask_token))
               .groupBy("group", "item_id").count().persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        # A histogram of item frequencies per group: totals, distinct items and the Gini over the catalog.
         frequency_hist: dict[str, list[tuple[int, int]]] = {g: [] for g in group_names}
         for r in counts.groupBy("group", "count").agg(F.count("*").alias("items")).collect():
             frequency_hist[r["group"]].append((int(r["count"]), int(r["items"])))
         totals = {g: (sum(v * c for v, c in hist), sum(c for _, c in hist)) for g, hist in frequency_hist.items()}
         catalog = int(catalog_size) if catalog_size else counts.select("item_id").distinct().count()
         n_head = int(math.ceil(head_share * catalog)) if catalog else 0
-
-        real_counts = counts.where(F.col("group") == REAL).select("item_id", F.col("count").alias("real_count"))
-        head = real_counts.orderBy(F.col("real_count").desc(), F.col("item_id")).limit(n_head).select("item_id")
-        head_hits = {r["group"]: int(r["n"]) for r in counts.join(F.broadcast(head), "item_id")
-                     .groupBy("group").agg(F.sum("count").alias("n")).collect()}
-
-        real_total = totals.get(REAL, (0, 0))[0]
-        p = real_counts.select("item_id", (F.col("real_count") / F.lit(max(real_total, 1))).alias("p"))
-        group_totals = counts.groupBy("group").agg(F.sum("count").alias("total"))
-        q = (counts.where(F.col("group") != REAL).join(group_totals, "group")
-             .select("group", "item_id", (F.col("count") / F.col("total")).alias("q")))
-        m = (F.col("p") + F.col("q")) / 2
-        item_terms = {r["group"]: r for r in q.join(p, "item_id").groupBy("group").agg(
-            F.sum(F.least("p", "q")).alias("sum_min"), F.sum("p").alias("sum_p"), F.sum("q").alias("sum_q"),
-            F.sum(F.col("p") * F.log2(F.col("p") / m) + F.col("q") * F.log2(F.col("q") / m)).alias("js_inner"),
-        ).collect()}
+        real_counts = counts.where(F.col("group") == REAL_CHAIN).select("item_id", F.col("count").alias("real_count"))
+        head_hits = _head_hits(counts, real_counts, n_head)
+        terms = _item_distance_terms(counts, real_counts, totals.get(REAL_CHAIN, (0, 0))[0])
     finally:
         counts.unpersist()
+    return _ItemAggregates(frequency_hist, totals, catalog, n_head, head_hits, terms)
 
-    # Bigrams of augmented rows seen in real rows (pairs with a mask token are left out).
+
+def _head_hits(counts, real_counts, n_head: int) -> dict[str, int]:
+    """Interactions per group on the ``n_head`` most popular items of the real rows (ties by id)."""
+    from pyspark.sql import functions as F
+
+    head = real_counts.orderBy(F.col("real_count").desc(), F.col("item_id")).limit(n_head).select("item_id")
+    return {r["group"]: int(r["n"]) for r in counts.join(F.broadcast(head), "item_id")
+            .groupBy("group").agg(F.sum("count").alias("n")).collect()}
+
+
+def _item_distance_terms(counts, real_counts, real_total: int) -> dict[str, Any]:
+    """Per augmented group, sums over the items it shares with the real rows: Σ min(p, q), Σ p, Σ q
+    and the JS terms Σ [p log2(2p/(p+q)) + q log2(2q/(p+q))]."""
+    from pyspark.sql import functions as F
+
+    p = real_counts.select("item_id", (F.col("real_count") / F.lit(max(real_total, 1))).alias("p"))
+    group_totals = counts.groupBy("group").agg(F.sum("count").alias("total"))
+    q = (counts.where(F.col("group") != REAL_CHAIN).join(group_totals, "group")
+         .select("group", "item_id", (F.col("count") / F.col("total")).alias("q")))
+    m = (F.col("p") + F.col("q")) / 2
+    return {r["group"]: r for r in q.join(p, "item_id").groupBy("group").agg(
+        F.sum(F.least("p", "q")).alias("sum_min"), F.sum("p").alias("sum_p"), F.sum("q").alias("sum_q"),
+        F.sum(F.col("p") * F.log2(F.col("p") / m) + F.col("q") * F.log2(F.col("q") / m)).alias("js_inner"),
+    ).collect()}
+
+
+def _bigram_counts(base, mask_token: str) -> dict[str, tuple[int, int]]:
+    """Per augmented group, (bigrams, bigrams seen in real rows); pairs with a mask token are left out."""
+    from pyspark.sql import functions as F
+
     pairs = F.expr("zip_with(slice(item_ids, 1, greatest(size(item_ids) - 1, 0)), "
                    "slice(item_ids, 2, greatest(size(item_ids) - 1, 0)), (x, y) -> named_struct('a', x, 'b', y))")
     bigrams = base.select("group", F.explode(pairs).alias("pair")).select("group", "pair.a", "pair.b")
     bigrams = bigrams.where((F.col("a") != mask_token) & (F.col("b") != mask_token))
-    real_bigrams = bigrams.where(F.col("group") == REAL).select("a", "b").distinct().withColumn("seen", F.lit(1))
-    bigram_stats = {r["group"]: (int(r["n"]), int(r["seen"] or 0)) for r in
-                    bigrams.where(F.col("group") != REAL).join(real_bigrams, ["a", "b"], "left")
-                    .groupBy("group").agg(F.count("*").alias("n"), F.sum("seen").alias("seen")).collect()}
+    real_bigrams = bigrams.where(F.col("group") == REAL_CHAIN).select("a", "b").distinct().withColumn("seen", F.lit(1))
+    return {r["group"]: (int(r["n"]), int(r["seen"] or 0)) for r in
+            bigrams.where(F.col("group") != REAL_CHAIN).join(real_bigrams, ["a", "b"], "left")
+            .groupBy("group").agg(F.count("*").alias("n"), F.sum("seen").alias("seen")).collect()}
 
-    # Privacy: identical to any real sequence, identical to the parent, Jaccard distance to the parent.
+
+def _privacy_aggregates(table, base, chain_column: str, real_chain: str, mask_token: str) -> dict[str, Any]:
+    """Per augmented group: identical to any real sequence, identical to the parent, and the
+    Jaccard distance to the parent (mean, 10th and 50th percentiles, share at 0)."""
+    from pyspark.sql import functions as F
+
     real_rows = table.where(F.col(chain_column) == real_chain)
     real_lists = real_rows.select("item_ids").distinct().withColumn("_copy", F.lit(1))
     parents = real_rows.select(F.col("user_id").alias("_parent"), F.col("item_ids").alias("_parent_items"))
@@ -183,64 +250,74 @@ def quality_report(table, *, catalog_size: int | None = None, head_share: float 
     union = F.size(F.array_union(mine, theirs))
     distance = F.when(F.col("_parent_items").isNull(), F.lit(None)).when(union == 0, F.lit(0.0)).otherwise(
         1 - F.size(F.array_intersect(mine, theirs)) / union)
-    privacy_rows = (base.where(F.col("group") != REAL).join(real_lists, "item_ids", "left")
+    privacy_rows = (base.where(F.col("group") != REAL_CHAIN).join(real_lists, "item_ids", "left")
                     .join(parents, F.col("user_id") == F.col("_parent"), "left")
                     .select("group", F.coalesce("_copy", F.lit(0)).alias("copy"),
                             F.when(F.col("_parent_items").isNull(), F.lit(None))
                             .otherwise((F.col("item_ids") == F.col("_parent_items")).cast("int")).alias("same"),
                             distance.alias("jaccard")))
-    privacy = {r["group"]: r for r in privacy_rows.groupBy("group").agg(
+    return {r["group"]: r for r in privacy_rows.groupBy("group").agg(
         F.count("*").alias("n"), F.avg("copy").alias("copy"), F.avg("same").alias("same"),
         F.count("jaccard").alias("with_parent"), F.avg("jaccard").alias("jaccard_mean"),
         F.percentile_approx("jaccard", [0.1, 0.5], 1000).alias("jaccard_q"),
         F.avg((F.col("jaccard") == 0).cast("int")).alias("jaccard_zero")).collect()}
 
-    groups: dict[str, dict[str, Any]] = {}
-    for g in group_names:
-        total, distinct = totals.get(g, (0, 0))
-        n_sequences = sum(lengths[g].values())
-        events = sum(k * v for k, v in lengths[g].items())
-        hist = frequency_hist[g] + ([(0, catalog - distinct)] if catalog > distinct else [])
-        figures: dict[str, Any] = {
-            "sequences": n_sequences, "events": events,
-            "mean_length": events / n_sequences if n_sequences else float("nan"),
-            "coverage": min(distinct / catalog, 1.0) if catalog else float("nan"),
-            "distinct_items": distinct,
-            "gini": gini_from_histogram([v for v, _ in hist], [c for _, c in hist]) if hist else float("nan"),
-            "tail_share": 1 - head_hits.get(g, 0) / total if total else float("nan"),
-            "mask_share": masks.get(g, 0) / events if events else 0.0,
-        }
-        if g != REAL:
-            a, b = histograms_on_common_support(lengths[REAL], lengths[g])
-            d = distribution_distances(a, b)
-            figures.update({"length_js": d["js"], "length_tv": d["tv"], "length_wasserstein": d["wasserstein"]})
-            terms = item_terms.get(g)
-            if terms is None or not real_total or not total:
-                figures.update({"item_js": 1.0 if total and real_total else float("nan"),
-                                "item_tv": 1.0 if total and real_total else float("nan")})
-            else:
-                js = 0.5 * ((1 - terms["sum_p"]) + (1 - terms["sum_q"])) + 0.5 * (terms["js_inner"] or 0.0)
-                figures.update({"item_js": float(min(max(js, 0.0), 1.0)),
-                                "item_tv": float(min(max(1 - terms["sum_min"], 0.0), 1.0))})
-            n_bigrams, seen = bigram_stats.get(g, (0, 0))
-            figures["bigram_seen_share"] = seen / n_bigrams if n_bigrams else float("nan")
-            pr = privacy.get(g)
-            quantiles = (pr["jaccard_q"] if pr is not None and pr["jaccard_q"] else None) or [float("nan")] * 2
-            figures.update({
-                "identical_to_real_share": float(pr["copy"]) if pr is not None else float("nan"),
-                "identical_to_parent_share": float(pr["same"]) if pr is not None and pr["same"] is not None
-                else float("nan"),
-                "with_parent": int(pr["with_parent"]) if pr is not None else 0,
-                "jaccard_to_parent_mean": float(pr["jaccard_mean"]) if pr is not None and pr["jaccard_mean"] is not None
-                else float("nan"),
-                "jaccard_to_parent_p10": float(quantiles[0]) if quantiles[0] is not None else float("nan"),
-                "jaccard_to_parent_p50": float(quantiles[1]) if quantiles[1] is not None else float("nan"),
-                "same_items_as_parent_share": float(pr["jaccard_zero"]) if pr is not None and pr["jaccard_zero"]
-                is not None else float("nan"),
-            })
-        groups[g] = figures
-    return {"catalog_size": catalog, "head_items": n_head, "head_share": head_share, "groups": groups,
-            "length_histograms": {g: {int(k): int(v) for k, v in sorted(h.items())} for g, h in lengths.items()}}
+
+def _diversity_figures(group: str, lengths: Mapping[int, int], masks: int, items: _ItemAggregates) -> dict[str, Any]:
+    total, distinct = items.totals.get(group, (0, 0))
+    n_sequences = sum(lengths.values())
+    events = sum(k * v for k, v in lengths.items())
+    catalog = items.catalog
+    hist = items.frequency_hist[group] + ([(0, catalog - distinct)] if catalog > distinct else [])
+    return {
+        "sequences": n_sequences, "events": events,
+        "mean_length": events / n_sequences if n_sequences else float("nan"),
+        "coverage": min(distinct / catalog, 1.0) if catalog else float("nan"),
+        "distinct_items": distinct,
+        "gini": gini_from_histogram([v for v, _ in hist], [c for _, c in hist]) if hist else float("nan"),
+        "tail_share": 1 - items.head_hits.get(group, 0) / total if total else float("nan"),
+        "mask_share": masks / events if events else 0.0,
+    }
+
+
+def _fidelity_figures(group: str, lengths: Mapping[str, Mapping[int, int]], items: _ItemAggregates,
+                      bigrams: tuple[int, int]) -> dict[str, float]:
+    d = distribution_distances(*histograms_on_common_support(lengths[REAL_CHAIN], lengths[group]))
+    figures = {"length_js": d["js"], "length_tv": d["tv"], "length_wasserstein": d["wasserstein"]}
+    total, real_total = items.totals.get(group, (0, 0))[0], items.real_total
+    terms = items.terms.get(group)
+    if terms is None or not real_total or not total:
+        # no item in common (the distributions are disjoint), or one side is empty
+        disjoint = 1.0 if total and real_total else float("nan")
+        figures.update({"item_js": disjoint, "item_tv": disjoint})
+    else:
+        js = 0.5 * ((1 - terms["sum_p"]) + (1 - terms["sum_q"])) + 0.5 * (terms["js_inner"] or 0.0)
+        figures.update({"item_js": float(min(max(js, 0.0), 1.0)),
+                        "item_tv": float(min(max(1 - terms["sum_min"], 0.0), 1.0))})
+    n_bigrams, seen = bigrams
+    figures["bigram_seen_share"] = seen / n_bigrams if n_bigrams else float("nan")
+    return figures
+
+
+def _privacy_figures(row) -> dict[str, Any]:
+    """The privacy figures of one augmented group from its aggregate ``row`` (None: no rows)."""
+    quantiles = (row["jaccard_q"] if row is not None and row["jaccard_q"] else None) or [None, None]
+    return {
+        "identical_to_real_share": _float(row, "copy"),
+        "identical_to_parent_share": _float(row, "same"),
+        "with_parent": int(row["with_parent"]) if row is not None else 0,
+        "jaccard_to_parent_mean": _float(row, "jaccard_mean"),
+        "jaccard_to_parent_p10": float("nan") if quantiles[0] is None else float(quantiles[0]),
+        "jaccard_to_parent_p50": float("nan") if quantiles[1] is None else float(quantiles[1]),
+        "same_items_as_parent_share": _float(row, "jaccard_zero"),
+    }
+
+
+def _float(row, key: str) -> float:
+    """``row[key]`` as a float; NaN when there is no row or the value is null."""
+    if row is None or row[key] is None:
+        return float("nan")
+    return float(row[key])
 
 
 # ---------------------------------------------------------------- report
@@ -279,7 +356,7 @@ def quality_markdown(quality: Mapping[str, Any], title: str = "Data quality", le
     """A Markdown section: fidelity, diversity and privacy tables (one row per group)."""
     h = "#" * level
     groups = list(quality["groups"])
-    augmented = [g for g in groups if g != REAL]
+    augmented = [g for g in groups if g != REAL_CHAIN]
     lines = [f"{h} {title}", "",
              f"Catalog: {quality['catalog_size']:,} items; head = the {quality['head_items']:,} most popular items of "
              f"the real rows ({quality['head_share']:.0%}). Every figure comes from Spark aggregates.", "",
@@ -295,34 +372,38 @@ def quality_markdown(quality: Mapping[str, Any], title: str = "Data quality", le
 
 def quality_plots(quality: Mapping[str, Any], folder: str | Path) -> list[str]:
     """PNG plots (length distributions, diversity bars) into ``folder``; returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    fig, ax = plt.subplots(figsize=(7, 4))
+    return [plot_lengths(quality, folder / "quality_lengths.png"),
+            plot_diversity(quality, folder / "quality_diversity.png")]
+
+
+def plot_lengths(quality: Mapping[str, Any], path: Path) -> str:
+    """The share of sequences by length (up to the 99th percentile), a line per group."""
+    from recaug_spark.train.figures import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(7, 4))
     for g, hist in quality["length_histograms"].items():
         if not hist:
             continue
         total = sum(hist.values())
         xs = sorted(hist)
         cut = [x for x in xs if x <= np.percentile(np.repeat(xs, [hist[x] for x in xs]), 99)] or xs
-        ax.plot(cut, [hist[x] / total for x in cut], label=g, linewidth=2 if g == REAL else 1)
+        ax.plot(cut, [hist[x] / total for x in cut], label=g, linewidth=2 if g == REAL_CHAIN else 1)
     ax.set_xlabel("sequence length (items, up to the 99th percentile)")
     ax.set_ylabel("share of sequences")
     ax.set_title("Sequence length: real vs augmented")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "quality_lengths.png", dpi=100)
-    plt.close(fig)
-    names.append("quality_lengths.png")
+    return save_figure(fig, path)
+
+
+def plot_diversity(quality: Mapping[str, Any], path: Path) -> str:
+    """Coverage, Gini and tail share, a bar per group."""
+    from recaug_spark.train.figures import new_figure, save_figure
 
     groups = list(quality["groups"])
     keys = [("coverage", "coverage"), ("gini", "Gini"), ("tail_share", "tail share")]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     width = 0.8 / len(groups)
     for i, g in enumerate(groups):
         values = [quality["groups"][g].get(k, float("nan")) for k, _ in keys]
@@ -331,8 +412,4 @@ def quality_plots(quality: Mapping[str, Any], folder: str | Path) -> list[str]:
     ax.set_ylim(0, 1)
     ax.set_title("Diversity of item exposure")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "quality_diversity.png", dpi=100)
-    plt.close(fig)
-    names.append("quality_diversity.png")
-    return names
+    return save_figure(fig, path)

@@ -12,10 +12,10 @@ import datetime as dt
 import os
 import sys
 
+from recaug_spark.augment.engine import augment_sequences
 from recaug_spark.config import AugmentConfig, BranchConfig, SparkConfig
 from recaug_spark.schemas import SEQUENCES
 from recaug_spark.session import get_session
-from recaug_spark.stages.augment import augment_sequences
 
 BRANCHES = (
     BranchConfig(chain="crop > mask", copies=2),
