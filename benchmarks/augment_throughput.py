@@ -11,7 +11,7 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  it. Rewriting the output alone would charge the floor a read of the (3-4× larger)
                  output instead of the input and flatter the stage; replicating the input to the
                  output's row count would not give the same bytes. Target: stage ≤ 2.0 × floor
-                 for the default pipeline (``AugmentConfig()``: crop, mask, reorder branches);
+                 for the default pipeline (below);
 * per operator — the same for each operator alone (``BranchConfig(chain=name)``, default
                  parameters) at ``--operator-events``;
 * scaling      — stage and floor at each of ``--scales``: per-event cost (core-ns per input
@@ -40,6 +40,11 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  schema, and both sides' output rows and events are checked equal. Times are process
                  CPU seconds (best of ``--repeats``, sides interleaved), so other load on a shared
                  machine does not count. Target: ≥ 20× for the default pipeline.
+
+The default pipeline is the random operators only: ``AugmentConfig``'s crop, mask and reorder
+branches with their default parameters (``default_config``). Not ``AugmentConfig()`` itself: its
+generator-backed branches ``prehistory`` and ``synthetic_user`` need the models folder of ``recaug
+fit`` (``benchmarks/generator_inference.py`` measures those).
 
 Input data is synthesized with Spark by ``recaug_spark.augment.synthetic_sequences``, matching
 ``schemas.SEQUENCES``: long-tailed (Lomax, α = 1.6, mean ≈ 20) sequence lengths, Zipf(1) item
@@ -85,6 +90,20 @@ from recaug_spark.schemas import AUGMENTED_SEQUENCES, REAL_CHAIN
 from recaug_spark.session import get_session
 
 OPERATORS = ("crop", "mask", "reorder", "delete", "substitute", "insert", "prefixes")
+DEFAULT_PIPELINE = ("crop", "mask", "reorder")  # the random branches of AugmentConfig(); see default_config
+DEFAULT_PIPELINE_HELP = (f"Default pipeline: AugmentConfig's random branches {', '.join(DEFAULT_PIPELINE)} with their "
+                         "default parameters, not its generator-backed prehistory / synthetic_user branches "
+                         "(they need a fitted models folder: see benchmarks/generator_inference.py).")
+
+
+def default_config() -> AugmentConfig:
+    """The benchmark's default pipeline: ``AugmentConfig()`` with only its crop, mask and reorder branches."""
+    cfg = AugmentConfig()
+    branches = tuple(b for b in cfg.branches if b.chain in DEFAULT_PIPELINE)
+    if [b.chain for b in branches] != list(DEFAULT_PIPELINE):
+        raise RuntimeError(f"AugmentConfig() lacks the branches {DEFAULT_PIPELINE}: {[b.chain for b in cfg.branches]}")
+    return cfg.model_copy(update={"branches": branches})
+
 
 # --------------------------------------------------------------------------- Spark measurements
 
@@ -494,7 +513,7 @@ def parse_scales(text: str) -> list[int]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=DEFAULT_PIPELINE_HELP)
     parser.add_argument("--events", type=int, default=10_000_000, help="main scale (events in sequences)")
     parser.add_argument("--scales", default="1e5,1e6,1e7", help="comma-separated event counts for the scaling table")
     parser.add_argument("--repeats", type=int, default=3, help="best of N, interleaved")
@@ -549,7 +568,7 @@ def main(argv=None) -> None:
     try:
         cores = spark.sparkContext.defaultParallelism
         report["cores"] = cores
-        configs = {"default": AugmentConfig(), **{name: operator_config(name) for name in plan.operators}}
+        configs = {"default": default_config(), **{name: operator_config(name) for name in plan.operators}}
         if args.one_core_only:
             path = workdir / f"sequences_{plan.baseline_events}"
             report["datasets"] = {str(plan.baseline_events): synthesize(spark, path, plan.baseline_events)}
@@ -623,9 +642,10 @@ def measure_everything(spark, bench: SparkBench, args: argparse.Namespace, plan:
                 "wall_ratio_skewed_over_unskewed": skew_case.results["stage"] / plain.results["stage"],
                 **bench.partition_events(data["skew"], default)}
 
-    # 4. one core: vectorized augmenters vs per-row Python, on a sample
-    core = one_core(spark, data[plan.baseline_events], plan.baseline_events, configs, args.repeats,
-                    not args.skip_python_baseline)
+    # 4. one core: vectorized augmenters vs per-row Python, on a sample (the first rows of the main scale's
+    # table when --baseline-events is none of the scales)
+    sample_source = data.get(plan.baseline_events, data[args.events])
+    core = one_core(spark, sample_source, plan.baseline_events, configs, args.repeats, not args.skip_python_baseline)
 
     report.update({"scales": [_case_json(c) for c in scale_cases], "default": _case_json(main_case),
                    "operators": {c.name[3:]: _case_json(c) for c in op_cases}, "skew": skew, "one_core": core})

@@ -289,3 +289,15 @@ def test_parallel_runs_give_the_same_results_as_one_after_another(default_run):
     assert trained == {"[train] baseline seed 2", "[train] crop seed 1"}
     with pytest.raises(ConfigError, match="num_processes 1"):
         load_config(overrides=["train.parallel_runs=2", "train.num_processes=2"])
+
+
+def test_report_warns_in_red_when_a_baseline_run_hit_the_epoch_cap():
+    from recaug_spark.train.report import baseline_warning
+
+    def record(variant, seed, capped):
+        return RunRecord(variant, seed, {"cap_hit": capped, "stopped_early": not capped})
+
+    converged = [record("baseline", 1, False), record("baseline", 2, False), record("x", 1, True)]
+    assert baseline_warning(converged) is None  # a capped variant does not make the baseline unconverged
+    warning = baseline_warning([record("baseline", 1, False), record("baseline", 2, True), record("x", 1, False)])
+    assert "color:red" in warning and "1 of 2 baseline run(s)" in warning

@@ -113,3 +113,38 @@ def test_two_torch_distributor_ranks_train_the_same_kind_of_generator(spark, tmp
     ahead = generate(model, [encode(model, ["i05", "i06"])], 2, keys=np.array([1], dtype=np.uint64), seed=1,
                      stream="t", top_k=1)
     assert [model.items[i - 1].as_py() for i in ahead[0]] == ["i07", "i08"]
+
+
+def test_popularity_correction_moves_generated_popularity_towards_the_real_one():
+    """A model that over-samples popular items (logits = 2·log count, i.e. probabilities ∝ count²)
+    corrected by α = 1 samples ∝ count: the real popularity, so the KL to it drops and the tail
+    share rises to the real one."""
+    torch = pytest.importorskip("torch")
+    from recaug_spark.generators.sequence import SequenceGenerator, popularity_fidelity, popularity_shift
+
+    counts = np.array([0, 400, 200, 100, 50, 25, 12, 6, 3, 2, 2], dtype=np.int64)  # model index 0 = padding
+
+    class HeadHeavy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def score_all(self, x):
+            logits = 2 * torch.log(torch.from_numpy(counts.astype(np.float32)) + 1)
+            return logits.expand(x.shape[0], -1).clone()
+
+    model = SequenceGenerator(HeadHeavy(), pa.array([f"i{k}" for k in range(1, 11)]), "forward", 5,
+                              repeat_rate=1.0, tag="stub")
+    starts = [np.array([1]) for _ in range(400)]
+    keys = np.arange(400, dtype=np.uint64)
+
+    def made(alpha):
+        shift = popularity_shift(counts, alpha) if alpha else None
+        return generate(model, starts, 5, keys=keys, seed=1, stream="t", top_k=10, logit_shift=shift)
+
+    plain, corrected = popularity_fidelity(made(0.0), counts), popularity_fidelity(made(1.0), counts)
+    assert corrected["kl"] < plain["kl"] / 4 and corrected["kl"] < 0.02
+    assert plain["generated_tail_share"] < corrected["generated_tail_share"]
+    assert corrected["generated_tail_share"] == pytest.approx(corrected["real_tail_share"], abs=0.04)
+    assert popularity_shift(counts, 0.5)[0] == 0 and popularity_shift(counts, 0.5)[1] == pytest.approx(
+        -0.5 * np.log(401))

@@ -25,13 +25,14 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from recaug_spark.augment.base import Augmenter, FitContext, Params, register
 from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths
 from recaug_spark.generators.artifacts import check_vocabulary, latest, read_vocabulary
 from recaug_spark.generators.runtime import load
-from recaug_spark.generators.sequence import generate
+from recaug_spark.generators.sequence import generate, popularity_shift
 
 _HOUR_US = 3_600 * 1_000_000
 
@@ -42,12 +43,16 @@ class GeneratorState:
 
     ref: object  # ArtifactRef
     items: pa.Array  # the model's vocabulary: item code k >= 1 is items[k - 1] (code 0 = the mask token)
+    logit_shift: np.ndarray | None = None  # popularity correction per model index (popularity_alpha > 0)
 
 
 class _GeneratorParams(Params):
     temperature: float = Field(1.0, gt=0, le=10, description="softmax temperature of sampling")
     top_k: int = Field(20, ge=1, description="sample among the k most likely items")
     allow_repeats: bool | None = Field(None, description="None: as in the data (repeat rate ≥ 1%)")
+    popularity_alpha: float = Field(0.0, ge=0, le=2, description=(
+        "sample from logits − α·log(training popularity): α > 0 writes tail items more often (a model "
+        "trained on clicks over-samples popular items; `recaug fit` reports the popularity KL per α)"))
 
 
 class GeneratorAugmenter(Augmenter):
@@ -61,7 +66,11 @@ class GeneratorAugmenter(Augmenter):
         ref = latest(context.models_dir, self.params.model)
         trained = context.sequences.select(F.explode("item_ids").alias("item_id")).distinct().toArrow().column("item_id")
         check_vocabulary(ref, trained.to_pylist())
-        return GeneratorState(ref, pa.array(read_vocabulary(ref), pa.string()))
+        items = pa.array(read_vocabulary(ref), pa.string())
+        shift = None
+        if self.params.popularity_alpha > 0:
+            shift = popularity_shift(_item_counts(context.sequences, items), self.params.popularity_alpha)
+        return GeneratorState(ref, items, shift)
 
     def generator_tag(self, state: GeneratorState) -> str:
         return state.ref.tag
@@ -73,7 +82,20 @@ class GeneratorAugmenter(Augmenter):
         p = self.params
         return generate(self._model(state), histories, k, keys=draws.keys, seed=draws.seed,
                         stream=f"{draws.stream}/{draws.copy}",
-                        temperature=p.temperature, top_k=p.top_k, allow_repeats=p.allow_repeats)
+                        temperature=p.temperature, top_k=p.top_k, allow_repeats=p.allow_repeats,
+                        logit_shift=state.logit_shift)
+
+
+def _item_counts(sequences, items: pa.Array) -> np.ndarray:
+    """Occurrences in the training ``sequences`` (Spark) of each model index (0 = padding, 1..N)."""
+    from pyspark.sql import functions as F
+
+    counted = sequences.select(F.explode("item_ids").alias("item_id")).groupBy("item_id").count().toArrow()
+    index = pc.fill_null(pc.index_in(counted.column("item_id"), value_set=items), -1).to_numpy(zero_copy_only=False)
+    counts = np.zeros(len(items) + 1, np.int64)
+    known = index >= 0
+    counts[index[known] + 1] = counted.column("count").to_numpy()[known]
+    return counts
 
 
 def _mean_gaps(batch: SequenceBatch) -> np.ndarray:

@@ -237,13 +237,17 @@ def score_next(generator: SequenceGenerator, histories: np.ndarray) -> np.ndarra
 
 def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: int, *, keys: np.ndarray, seed: int,
              stream: str, temperature: float = 1.0, top_k: int = 20, allow_repeats: bool | None = None,
-             allowed_items: np.ndarray | None = None, chunk_rows: int = 1024) -> np.ndarray:
+             allowed_items: np.ndarray | None = None, logit_shift: np.ndarray | None = None,
+             chunk_rows: int = 1024) -> np.ndarray:
     """``k`` sampled next items (model indices 1..N) after each history, as an [n, k] array.
 
     Histories are in the model's direction (most recent last; for the reverse model: the sequence
     reversed). ``allow_repeats`` None follows the data (repeats allowed when its repeat rate is ≥ 1%).
     ``allowed_items`` (bool mask over model indices 0..N, or None for all) restricts what may be generated,
     e.g. to items still in the catalog; a row with no allowed item left gets 0 (nothing generated).
+    ``logit_shift`` [N + 1] (or None) is added to every row's logits before the temperature, e.g.
+    ``-alpha * log(popularity)`` (``popularity_shift``) so that a model that over-samples popular
+    items writes tail items as often as the data has them.
     Sampling is keyed per sequence (``keys``), so the result of a sequence does not depend on the
     other sequences of its batch.
     """
@@ -274,6 +278,8 @@ def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: i
                 blocked[np.repeat(np.arange(m), lengths), np.concatenate(rows)] = True
         for step in range(k):
             logits = score_next(generator, current)
+            if logit_shift is not None:
+                logits += logit_shift
             logits[blocked] = -np.inf
             logits /= max(temperature, 1e-6)
             # the top k, ordered by (logit desc, index asc): per row, whatever else is in the batch
@@ -295,6 +301,32 @@ def generate(generator: SequenceGenerator, histories: Sequence[np.ndarray], k: i
             if not repeats:
                 blocked[np.arange(m), chosen] = True
     return out
+
+
+def popularity_shift(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """``-alpha · log(count + 1)`` per model index (0 = padding stays 0): the logit correction that
+    moves sampling from the model's popularity towards uniform (alpha 1 undoes a model that samples
+    in proportion to popularity; logit adjustment, Menon et al., ICLR 2021)."""
+    shift = -alpha * np.log(np.asarray(counts, dtype=np.float64) + 1.0)
+    shift[0] = 0.0
+    return shift.astype(np.float32)
+
+
+def popularity_fidelity(generated: np.ndarray, counts: np.ndarray, head_share: float = 0.2) -> dict[str, float]:
+    """How generated items follow the real popularity: ``kl`` = KL(generated ‖ real) over items (real
+    counts add-one smoothed), and the share of generated and of real occurrences that fall on tail
+    items (outside the ``head_share`` most popular)."""
+    counts = np.asarray(counts, dtype=np.float64)[1:]
+    made = np.bincount(np.asarray(generated, np.int64).ravel(), minlength=len(counts) + 1)[1:].astype(np.float64)
+    if made.sum() == 0:
+        return {"kl": float("nan"), "generated_tail_share": float("nan"), "real_tail_share": float("nan")}
+    p, q = made / made.sum(), (counts + 1.0) / (counts + 1.0).sum()
+    used = p > 0
+    head = np.zeros(len(counts), bool)
+    head[np.argsort(-counts, kind="stable")[: max(1, int(round(head_share * len(counts))))]] = True
+    return {"kl": float((p[used] * np.log(p[used] / q[used])).sum()),
+            "generated_tail_share": float(p[~head].sum()),
+            "real_tail_share": float(counts[~head].sum() / max(counts.sum(), 1.0))}
 
 
 # ---------------------------------------------------------------- fidelity
@@ -320,6 +352,20 @@ def ranking_metrics(generator: SequenceGenerator, histories: Sequence[np.ndarray
         gains.append(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0))
     hits, gains = np.concatenate(hits), np.concatenate(gains)
     return {"hr@10": float(hits.mean()), "ndcg@10": float(gains.mean()), "users": int(len(hits))}
+
+
+def popularity_report(generator: SequenceGenerator, starts: Sequence[np.ndarray], k: int, counts: np.ndarray,
+                      seed: int, alphas: Sequence[float] = (0.0, 0.5, 1.0)) -> dict[str, dict[str, float]]:
+    """``popularity_fidelity`` of ``k`` items generated after each of ``starts``, for each popularity
+    correction ``alpha`` (the ``popularity_alpha`` of the generator augmenters): which alpha makes
+    the generated items follow the real popularity, and how many land in the tail."""
+    keys = np.arange(len(starts), dtype=np.uint64)
+    report = {}
+    for alpha in alphas:
+        shift = popularity_shift(counts, alpha) if alpha else None
+        made = generate(generator, starts, k, keys=keys, seed=seed, stream="popularity", logit_shift=shift)
+        report[f"alpha={alpha:g}"] = popularity_fidelity(made, counts)
+    return report
 
 
 def identical_share(generated: Sequence[Sequence[int]], real: Sequence[np.ndarray]) -> float:
@@ -398,6 +444,8 @@ def fit_sequence_generator(sequences, valid_targets, cfg: SequenceGeneratorConfi
         full = [[int(s[0]), *g.tolist()] for s, g in zip(starts, generated)]
         prefixes = [s[:length] for s in encoded]
         fidelity["identical_share"] = identical_share(full, prefixes)
+        counts = np.bincount(np.concatenate(encoded), minlength=len(vocabulary) + 1)
+        fidelity["popularity"] = popularity_report(loaded, starts, max(1, length - 1), counts, cfg.seed)
 
     buffer = io.BytesIO()
     torch.save(state, buffer)

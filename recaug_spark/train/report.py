@@ -173,9 +173,22 @@ def _fairness_lines(plan: ExperimentPlan, cfg) -> list[str]:
     ]
 
 
+def baseline_warning(records: Sequence[RunRecord]) -> str | None:
+    """A red warning when a baseline run hit the epoch cap (``cap_hit``: patience never stopped it),
+    since its with-vs-without figures then compare against an unconverged baseline; else None."""
+    baseline = [r for r in records if r.variant == BASELINE]
+    capped = [r for r in baseline if r.result.get("cap_hit", not r.result.get("stopped_early", False))]
+    if not capped:
+        return None
+    return (f'<span style="color:red">**Baseline not converged: {len(capped)} of {len(baseline)} baseline run(s) hit '
+            "the epoch cap (`train.epochs`) before patience stopped them. The comparison below holds at equal "
+            "steps only, not against a converged baseline: raise `train.epochs`.**</span>")
+
+
 def _results_lines(records: Sequence[RunRecord], metrics: Sequence[str], plan: ExperimentPlan) -> list[str]:
     chains = {a.name: a.requested for a in plan.arms}
-    return ["## Results (test split)", "",
+    warning = baseline_warning(records)
+    return ["## Results (test split)", "", *([warning, ""] if warning else []),
             "```", comparison_table(records, metrics, chains=chains), "```", "",
             "![test metrics](metrics.png)", ""]
 
@@ -196,13 +209,13 @@ def _group_lines(records: Sequence[RunRecord], groups: Sequence[str], plan: Expe
 
 def _runs_lines(records: Sequence[RunRecord], stop: str) -> list[str]:
     lines = ["## Training runs", "",
-             f"| variant | seed | training rows | epochs run | best epoch | steps | valid {stop} | test {stop} | "
-             "seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| variant | seed | training rows | epochs run | best epoch | cap hit | steps | valid {stop} | "
+             f"test {stop} | seconds |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in records:
         res = r.result
         valid = (res.get("valid") or {}).get(stop, math.nan)
         lines.append(f"| {r.variant} | {r.seed} | {res.get('train_sequences', 0):,} | {res['epochs_run']} | "
-                     f"{res['best_epoch'] + 1} | {r.steps:,} | {valid:.4f} | {res['test'][stop]:.4f} | "
+                     f"{res['best_epoch'] + 1} | {'yes' if res.get('cap_hit') else 'no'} | {r.steps:,} | {valid:.4f} | {res['test'][stop]:.4f} | "
                      f"{res.get('seconds_total', 0.0):.1f} |")
     return [*lines, "", *_convergence_note(records), "![validation curves](validation.png)", ""]
 
