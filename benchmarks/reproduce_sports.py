@@ -278,14 +278,18 @@ def read_saved(path: Path):
             yield (result.pop("variant"), result.pop("seed")), result
 
 
-def saved_runs(path: Path, steps_per_epoch: int) -> dict[tuple[str, int], dict]:
+def saved_runs(path: Path, steps_per_epoch: int, loss: str) -> dict[tuple[str, int], dict]:
     """{(variant, seed): result} of the runs in a study's ``*.runs.jsonl``, checked against this
-    plan's epoch length (a different one means other data or batch size: refuse to mix them)."""
+    plan's epoch length and loss (a different one means other data, batch size or objective:
+    refuse to mix them)."""
     runs = {}
     for (variant, seed), result in read_saved(path):
         if result.get("steps_per_epoch") != steps_per_epoch:
             raise SystemExit(f"{path}: {variant} seed {seed} ran {result.get('steps_per_epoch')} "
                              f"steps per epoch, this plan {steps_per_epoch}: not the same study")
+        if result.get("loss", "bce") != loss:
+            raise SystemExit(f"{path}: {variant} seed {seed} was trained with loss {result.get('loss', 'bce')!r}, "
+                             f"this plan with {loss!r}: not the same study")
         runs[variant, seed] = result
     return runs
 
@@ -305,15 +309,18 @@ def report_from(saved: list[Path]) -> str:
     studies must share their plan: a different epoch length or a run saved twice is refused."""
     from recaug_spark.train.experiment import RunRecord
 
-    records, steps = {}, {}
+    records, steps, losses = {}, {}, {}
     for path in saved:
         for key, result in read_saved(path):
             if key in records:
                 raise SystemExit(f"{path}: {key[0]} seed {key[1]} is saved twice in {[str(p) for p in saved]}")
             records[key] = RunRecord(*key, result)
             steps.setdefault(result.get("steps_per_epoch"), f"{path} ({key[0]} seed {key[1]})")
+            losses.setdefault(result.get("loss", "bce"), f"{path} ({key[0]} seed {key[1]})")
     if len(steps) > 1:
         raise SystemExit(f"runs with different epoch lengths (not the same study): {steps}")
+    if len(losses) > 1:
+        raise SystemExit(f"runs trained with different losses (not the same study): {losses}")
     records = list(records.values())
     sources = ", ".join(str(p) for p in saved)
     if not any(r.variant == "baseline" for r in records):
@@ -406,7 +413,7 @@ def main(argv=None) -> None:
             plan = dataclasses.replace(plan, arms=tuple(a for a in plan.arms if a.name in wanted))
         log(f"[train] {len(plan.arms)} arm(s) ({', '.join(a.name for a in plan.arms)}) × {len(cfg.train.seeds)} seed(s); "
             f"an epoch = {plan.steps_per_epoch} steps; rows by chain {dict(plan.rows_by_chain)}")
-        finished = saved_runs(Path(args.resume), plan.steps_per_epoch) if args.resume else {}
+        finished = saved_runs(Path(args.resume), plan.steps_per_epoch, cfg.train.loss) if args.resume else {}
         started = time.perf_counter()
         saved = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
         if saved is not None:
@@ -425,7 +432,8 @@ def main(argv=None) -> None:
         summary = baseline_summary(records) if has_baseline else None
         chains = {a.name: a.requested for a in plan.arms}
         device = records[0].result["device"]
-        print(f"\nAmazon Sports 5-core, SASRec (hidden 64, 2 blocks, 2 heads, max_len 50, dropout 0.5, lr 1e-3, batch 256), "
+        print(f"\nAmazon Sports 5-core, SASRec (hidden 64, 2 blocks, 2 heads, max_len 50, dropout 0.5, lr 1e-3, "
+              f"batch 256, loss {cfg.train.loss}), "
               f"{len(cfg.train.seeds)} seed(s), ≤ {cfg.train.epochs} epochs × {plan.steps_per_epoch} steps, patience "
               f"{cfg.train.patience}, {device}, torch {torch.__version__}\n")
         if has_baseline:
