@@ -424,8 +424,11 @@ def main(argv=None) -> None:
                 handle.write(json.dumps({"variant": record.variant, "seed": record.seed, **record.result},
                                         default=str) + "\n")
 
+        # with --json, every run also saves its state after each epoch beside it: an interrupted study
+        # resumes the run it was in (same command with --resume) instead of retraining it
+        progress_dir = str(Path(args.json).with_suffix(".progress")) if args.json else None
         records = run_experiment(plan, cfg.train, log=log, epoch_log=True, on_record=save if saved else None,
-                                 finished=finished)
+                                 finished=finished, progress_dir=progress_dir)
         train_seconds = time.perf_counter() - started
 
         has_baseline = any(r.variant == "baseline" for r in records)

@@ -479,3 +479,34 @@ def test_an_objective_with_more_tensors_per_batch_plugs_into_the_loop(synthetic)
     default, custom = train(cfg, files, targets, targets), train(cfg, files, targets, targets, objective=weighted)
     assert [h["loss"] for h in custom["history"]] == [h["loss"] for h in default["history"]]
     assert custom["test"] == default["test"]
+
+
+def test_an_interrupted_run_resumes_from_its_progress_file_with_the_same_figures(synthetic, tmp_path):
+    from recaug_spark.train.progress import ProgressError
+    from recaug_spark.train.trainer import train
+
+    files = pinned_files(synthetic["uri"], chains=["real", "crop"])
+    targets = read_targets(synthetic["targets_uri"])
+    cfg = _small_config(epochs=4, patience=10, dropout=0.3)  # dropout: torch's random state must resume too
+    straight = train(cfg, files, targets, targets)
+
+    progress = tmp_path / "run.progress.pt"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_second_epoch(line):
+        if line.startswith("epoch=1 "):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(cfg, files, targets, targets, log=stop_after_second_epoch, progress_path=str(progress))
+    assert progress.exists()
+    with pytest.raises(ProgressError, match="another run"):
+        train(cfg, files, targets, targets, seed=99, progress_path=str(progress))
+    lines = []
+    resumed = train(cfg, files, targets, targets, log=lines.append, progress_path=str(progress))
+    assert [line.split()[0] for line in lines] == ["epoch=2", "epoch=3"]  # only the epochs left
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
+    assert not progress.exists()  # removed once the run has its result

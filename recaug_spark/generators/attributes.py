@@ -11,19 +11,29 @@ always keeps its source item's category.
   p(x | z, category); Gaussian likelihood for numeric columns, softmax for each categorical group.
   A variant of an item is decoded from ``z = μ + σ · ε`` with ``ε`` keyed by (seed, item, copy):
   close to the item, different in detail.
-* **Gaussian copula** (the baseline, fitted per category): normal scores of each column's
-  empirical CDF (categorical values as frequency-ordered intervals, as SDV's copulas do), their
-  correlation, samples mapped back through the empirical quantiles.
+* **Gaussian copula** (fitted per category): normal scores of each column's empirical CDF
+  (categorical values as frequency-ordered intervals, as SDV's copulas do), their correlation,
+  samples mapped back through the empirical quantiles. A variant of an item moves the item's own
+  normal scores: ``z' = ρ·z + √(1−ρ²)·R·ε`` (``R Rᵀ`` the category's correlation, ``ε`` keyed,
+  ``ρ = 1/√(1 + scale²)``: the noise-to-item ratio is ``scale``), which keeps the copula's joint
+  distribution and stays near the item for small ``scale`` (:func:`copula_variants`).
 
-Constraints on every generated value: price > 0 and inside the category's observed
-[p1, p99] band of log price; categorical values are values the category has; integer
-attributes stay integers.
+Constraints on every generated value (both methods, :func:`decode_rows`): price > 0 and inside
+the category's observed [p1, p99] band of log price; categorical values are values the category
+has; integer attributes stay integers.
 
-Fidelity (in the manifest): per method (``vae``, ``copula``, and ``independent`` — each column
-drawn from its global marginal, ignoring category and correlations, to show the scale), the
-Wasserstein-1 distance of log price per category divided by the category's log-price spread,
-the total-variation distance of each categorical attribute per category, and the mean absolute
-difference of the columns' correlation matrices — all averaged over categories; lower is closer.
+Fidelity (in the manifest), measured on **held-out items**: per category, a deterministic share
+(``holdout``, by keyed hash of the item id and the seed) is left out of fitting the VAE and the
+copula (the schema — vocabularies, scalers, price bands, text projection — is fitted on every
+item); both models are shipped as fitted on the rest. Per method (``vae``, ``copula``, and
+``independent`` — each column drawn from its global marginal, ignoring category and
+correlations, to show the scale): the Wasserstein-1 distance of log price per category divided
+by the category's spread (``price_w1``; ``numeric_w1`` the same for numeric attributes that vary
+in the category, ``w1_mean`` the mean over price and those attributes), the total-variation
+distance of each categorical attribute per category, and the mean absolute difference of the
+columns' correlation matrices — all averaged over categories; lower is closer. ``in_sample`` has
+the same figures on the fitted items. ``chosen`` is the method that ``attribute_generate`` uses
+by default, by :data:`CHOICE_RULE`.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from recaug_spark import rng
 from recaug_spark.generators.artifacts import ArtifactRef, save_artifact
 from recaug_spark.generators.runtime import device, register_loader
 from recaug_spark.text.attributes import is_number, parse_attributes
@@ -46,6 +57,9 @@ from recaug_spark.text.tokens import terms
 KIND = "item_attribute_vae"
 OTHER = "<other>"
 _TEXT_FEATURES = 1 << 12
+TIE = 0.005  # w1_mean differences up to this are ties
+CHOICE_RULE = ("lower w1_mean on held-out items (Wasserstein-1 per category / the category's spread, averaged "
+               f"over price and the numeric attributes); within {TIE}: lower categorical_tvd; still tied: copula")
 
 
 class AttributeGeneratorConfig(BaseModel):
@@ -60,6 +74,7 @@ class AttributeGeneratorConfig(BaseModel):
     lr: float = Field(3e-3, gt=0)
     beta: float = Field(1.0, gt=0)  # weight of the KL term
     min_count: int = Field(3, ge=1)  # categorical values seen fewer times pool into "other"
+    holdout: float = Field(0.2, ge=0, lt=1)  # share of each category's items held out to measure fidelity
     seed: int = 0
 
 
@@ -200,12 +215,13 @@ def _build_vae(input_width: int, categories: int, cfg: dict):
 
 @dataclass
 class AttributeGenerator:
-    """A loaded generator: schema, the VAE (eval mode) and the copula baseline."""
+    """A loaded generator: schema, the VAE (eval mode), the copula and the method chosen by fidelity."""
 
     schema: Schema
     model: object
     copula: dict
     tag: str
+    chosen: str = "vae"  # the default method of attribute_generate (the manifest's fidelity["chosen"])
 
 
 def kinds_of(schema: Schema) -> list[tuple[str, int]]:
@@ -314,7 +330,7 @@ def merge_attributes(original: str | None, decoded: dict) -> str:
     return json.dumps({k: merged[k] for k in sorted(merged)}, ensure_ascii=False)
 
 
-# ---------------------------------------------------------------- the copula baseline
+# ---------------------------------------------------------------- the copula
 
 
 def fit_copula(x_columns: np.ndarray, codes: np.ndarray, schema: Schema) -> dict:
@@ -335,6 +351,23 @@ def fit_copula(x_columns: np.ndarray, codes: np.ndarray, schema: Schema) -> dict
     return fitted
 
 
+def _root(corr: np.ndarray) -> np.ndarray:
+    """R with R Rᵀ = corr (eigen-decomposition: also for a singular correlation, where Cholesky fails)."""
+    eigen, vectors = np.linalg.eigh(corr)
+    return vectors * np.sqrt(np.clip(eigen, 0, None))
+
+
+def _correlated(normals: np.ndarray, corr: np.ndarray) -> np.ndarray:
+    """Rows ``R ε``: row by row, so a row's value does not depend on the batch it is in."""
+    return (normals[:, None, :] * _root(corr)[None, :, :]).sum(axis=2)
+
+
+def _quantile(quantiles: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Each column's empirical quantile at ``u`` (rows of uniforms)."""
+    index = np.minimum((u * len(quantiles)).astype(int), len(quantiles) - 1)
+    return np.take_along_axis(quantiles, index, axis=0)
+
+
 def sample_copula(copula: dict, category: str, n: int, seed: int) -> np.ndarray:
     """``n`` rows of the category's columns from its copula (empirical quantiles of normal draws)."""
     from scipy.stats import norm
@@ -342,12 +375,27 @@ def sample_copula(copula: dict, category: str, n: int, seed: int) -> np.ndarray:
     fitted = copula[category]
     quantiles, corr = np.array(fitted["quantiles"]), np.array(fitted["corr"])
     generator = np.random.default_rng([seed, zlib.crc32(category.encode())])
-    eigen, vectors = np.linalg.eigh(corr)
-    root = vectors * np.sqrt(np.clip(eigen, 0, None))
-    z = generator.standard_normal((n, len(corr))) @ root.T
-    u = norm.cdf(z)
-    index = np.minimum((u * len(quantiles)).astype(int), len(quantiles) - 1)
-    return np.take_along_axis(quantiles, index, axis=0)
+    z = generator.standard_normal((n, len(corr))) @ _root(corr).T
+    return _quantile(quantiles, norm.cdf(z))
+
+
+def copula_step(fitted: dict, columns: np.ndarray, normals: np.ndarray, rho: float) -> np.ndarray:
+    """Rows near ``columns``: their normal scores (mid-ranks among the category's values, as the
+    copula was fitted) moved to ``ρ·z + √(1−ρ²)·R·ε``, mapped back through the empirical quantiles.
+    ``ρ = 1`` gives back the fitted values of the category (a value it lacks: the nearest by rank)."""
+    from scipy.stats import norm
+
+    quantiles, corr = np.array(fitted["quantiles"]), np.array(fitted["corr"])
+    below = np.column_stack([np.searchsorted(quantiles[:, j], columns[:, j], "left") for j in range(len(corr))])
+    upto = np.column_stack([np.searchsorted(quantiles[:, j], columns[:, j], "right") for j in range(len(corr))])
+    z = norm.ppf((below + (upto - below + 1) / 2) / (len(quantiles) + 1))
+    moved = rho * z + math.sqrt(max(1.0 - rho * rho, 0.0)) * _correlated(normals[:, :len(corr)], corr)
+    return _quantile(quantiles, norm.cdf(moved))
+
+
+def column_count(schema: Schema) -> int:
+    """Width of :func:`_columns` (and of a category's copula): price, numeric, categorical, text."""
+    return 1 + len(schema.numeric) + len(schema.categorical) + len(schema.components)
 
 
 def _columns(schema: Schema, x: np.ndarray) -> np.ndarray:
@@ -363,38 +411,88 @@ def _columns(schema: Schema, x: np.ndarray) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+def _as_output(schema: Schema, columns: np.ndarray, quantiles: np.ndarray | None) -> np.ndarray:
+    """:func:`_columns` rows of one category back in the model-output layout :func:`decode_rows` reads.
+
+    A categorical code becomes logits: the code far ahead, then the category's frequencies (from its
+    copula ``quantiles``; None: uniform), so a value the category lacks falls to its most common one."""
+    out, at = [], 0
+    for kind, width in kinds_of(schema):
+        if kind != "categorical":
+            out.append(columns[:, at:at + width])
+            at += width
+            continue
+        counts = (np.bincount(quantiles[:, at].astype(int), minlength=width)[:width] if quantiles is not None
+                  else np.zeros(width))
+        codes = np.clip(columns[:, at].astype(int), 0, width - 1)
+        out.append(1e3 * np.eye(width)[codes] + np.log((counts + 0.5) / (counts.sum() + 0.5 * width)))
+        at += 1
+    return np.concatenate(out, axis=1)
+
+
 # ---------------------------------------------------------------- fidelity
 
 
-def fidelity(schema: Schema, real: np.ndarray, codes: np.ndarray, generated: dict[str, np.ndarray]) -> dict:
-    """Distances of generated vs real attributes (per method; columns as :func:`_columns` gives them)."""
+def _mean(values) -> float:
+    values = [v for v in values if v == v]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _distances(schema: Schema, r: np.ndarray, f: np.ndarray) -> dict | None:
+    """One category's distances (None: fewer than 3 rows): W1 / spread of price and of each numeric
+    column that varies there (by column index), TVD of each categorical column, correlation gap."""
     from scipy.stats import wasserstein_distance
 
-    names = ["price", *schema.numeric, *schema.categorical]
-    categorical_at = {1 + len(schema.numeric) + i: len(v) for i, v in enumerate(schema.categorical.values())}
+    if len(r) < 3 or len(f) < 3:
+        return None
+    first = 1 + len(schema.numeric)
+    w1 = {j: wasserstein_distance(r[:, j], f[:, j]) / (r[:, j].std() or 1.0)
+          for j in range(first) if j == 0 or r[:, j].std() > 0}
+    tvd = []
+    for i, width in enumerate(len(v) for v in schema.categorical.values()):
+        p = np.bincount(r[:, first + i].astype(int), minlength=width) / len(r)
+        q = np.bincount(f[:, first + i].astype(int), minlength=width) / len(f)
+        tvd.append(0.5 * np.abs(p - q).sum())
+    k, corr = first + len(schema.categorical), float("nan")
+    if k > 1:
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant column: no correlation
+            cr = np.nan_to_num(np.corrcoef(r[:, :k], rowvar=False))
+            cf = np.nan_to_num(np.corrcoef(f[:, :k], rowvar=False))
+        corr = float(np.abs(cr - cf)[np.triu_indices(k, 1)].mean())
+    return {"w1": w1, "tvd": tvd, "corr": corr}
+
+
+def fidelity(schema: Schema, real: np.ndarray, codes: np.ndarray, generated: dict[str, np.ndarray],
+             fake_codes: np.ndarray | None = None) -> dict:
+    """Distances of generated vs real attributes, per method (columns as :func:`_columns` gives them).
+
+    ``fake_codes``: the categories of the generated rows (default ``codes``: one per real row).
+    Each column's W1 is averaged over categories; ``w1_mean`` is the mean over price and the
+    numeric columns (each counted once)."""
+    fake_codes = codes if fake_codes is None else fake_codes
     report = {}
     for method, fake in generated.items():
-        w1, tvd, corr = [], [], []
-        for c, category in enumerate(schema.categories):
-            r, f = real[codes == c], fake[codes == c]
-            if len(r) < 3 or len(f) < 3:
-                continue
-            spread = r[:, 0].std() or 1.0
-            w1.append(wasserstein_distance(r[:, 0], f[:, 0]) / spread)
-            for column, width in categorical_at.items():
-                p = np.bincount(r[:, column].astype(int), minlength=width) / len(r)
-                q = np.bincount(f[:, column].astype(int), minlength=width) / len(f)
-                tvd.append(0.5 * np.abs(p - q).sum())
-            k = len(names)
-            if k > 1:
-                with np.errstate(invalid="ignore", divide="ignore"):  # a constant column: no correlation
-                    cr = np.nan_to_num(np.corrcoef(r[:, :k], rowvar=False))
-                    cf = np.nan_to_num(np.corrcoef(f[:, :k], rowvar=False))
-                corr.append(float(np.abs(cr - cf)[np.triu_indices(k, 1)].mean()))
-        report[method] = {"price_w1": float(np.mean(w1)) if w1 else float("nan"),
-                          "categorical_tvd": float(np.mean(tvd)) if tvd else float("nan"),
-                          "correlation_diff": float(np.mean(corr)) if corr else float("nan")}
+        parts = [_distances(schema, real[codes == c], fake[fake_codes == c]) for c in range(len(schema.categories))]
+        parts = [p for p in parts if p is not None]
+        numeric = sorted({j for p in parts for j in p["w1"] if j > 0})
+        per_column = [_mean([p["w1"][j] for p in parts if j in p["w1"]]) for j in [0, *numeric]] if parts else []
+        report[method] = {"price_w1": per_column[0] if per_column else float("nan"),
+                          "numeric_w1": _mean(per_column[1:]), "w1_mean": _mean(per_column),
+                          "categorical_tvd": _mean([t for p in parts for t in p["tvd"]]),
+                          "correlation_diff": _mean([p["corr"] for p in parts])}
     return report
+
+
+def choose_method(report: dict) -> str:
+    """The default method of ``attribute_generate`` by :data:`CHOICE_RULE` (missing figures lose)."""
+    def figure(method: str, key: str) -> float:
+        value = report.get(method, {}).get(key, float("nan"))
+        return value if value == value else math.inf
+
+    vae, copula = figure("vae", "w1_mean"), figure("copula", "w1_mean")
+    if abs(vae - copula) > TIE:
+        return "vae" if vae < copula else "copula"
+    return "vae" if figure("vae", "categorical_tvd") < figure("copula", "categorical_tvd") else "copula"
 
 
 def _vae_samples(model, schema: Schema, codes: np.ndarray, seed: int) -> np.ndarray:
@@ -410,6 +508,16 @@ def _vae_samples(model, schema: Schema, codes: np.ndarray, seed: int) -> np.ndar
     return _decoded_columns(schema, decoded, out)
 
 
+def _copula_samples(copula: dict, schema: Schema, codes: np.ndarray, seed: int) -> np.ndarray:
+    """One copula sample per row, with the row's category (zeros where the category has no copula)."""
+    out = np.zeros((len(codes), column_count(schema)))
+    for c, category in enumerate(schema.categories):
+        rows = np.flatnonzero(codes == c)
+        if category in copula and len(rows):
+            out[rows] = sample_copula(copula, category, len(rows), seed)
+    return out
+
+
 def _decoded_columns(schema: Schema, decoded: list[dict], out: np.ndarray) -> np.ndarray:
     rows = []
     for d in decoded:
@@ -422,17 +530,43 @@ def _decoded_columns(schema: Schema, decoded: list[dict], out: np.ndarray) -> np
     return np.concatenate([np.array(rows, dtype=float).reshape(len(decoded), -1), text], axis=1)
 
 
+def measure(schema: Schema, model, copula: dict, real: np.ndarray, codes: np.ndarray, fitted: np.ndarray,
+            seed: int, repeats: int = 10) -> dict:
+    """:func:`fidelity` of ``repeats`` samples per real row (of its category) from each method;
+    ``independent`` draws each column from ``fitted`` (the fitted items' columns)."""
+    fake_codes = np.repeat(codes, repeats)
+    draw = np.random.default_rng(seed)
+    generated = {"vae": _vae_samples(model, schema, fake_codes, seed),
+                 "copula": _copula_samples(copula, schema, fake_codes, seed),
+                 "independent": np.column_stack([draw.choice(col, len(fake_codes)) for col in fitted.T])}
+    return fidelity(schema, real, codes, generated, fake_codes)
+
+
 # ---------------------------------------------------------------- fit, save, load
+
+
+def holdout_mask(item_ids, categories, share: float, seed: int) -> np.ndarray:
+    """Items held out of fitting: per category, the ``floor(share · n)`` items of smallest keyed hash
+    (item id, seed), as long as at least 3 items of the category are left to fit on."""
+    held = np.zeros(len(item_ids), dtype=bool)
+    if share <= 0 or not len(item_ids):
+        return held
+    u = rng.uniform(seed, "attribute-holdout", rng.key_strings([str(i) for i in item_ids]), 0)
+    categories = np.asarray([str(c) for c in categories])
+    for category in np.unique(categories):
+        rows = np.flatnonzero(categories == category)
+        count = min(int(share * len(rows)), max(len(rows) - 3, 0))
+        held[rows[np.argsort(u[rows], kind="stable")[:count]]] = True
+    return held
 
 
 def fit_attribute_generator(items, cfg: AttributeGeneratorConfig, models_dir, *, name: str = "item_attributes",
                             trained_on: dict) -> ArtifactRef:
-    """Fit the VAE and the copula on the catalog (``items`` table, Spark) and save the artifact.
+    """Fit the VAE and the copula on the catalog (``items`` table, Spark), less the held-out items
+    that measure their fidelity, choose the default method and save the artifact.
 
-    Items without a valid (> 0) price or category are left out of training (their count is in the
-    fidelity report as ``excluded``)."""
-    import torch
-
+    Items without a valid (> 0) price or category are left out (their count is in the fidelity
+    report as ``excluded``)."""
     frame = items.select("item_id", "title", "description", "category", "price", "attributes").toPandas()
     valid = frame["price"].notna() & (frame["price"] > 0) & frame["category"].notna()
     train = frame[valid].reset_index(drop=True)
@@ -440,33 +574,37 @@ def fit_attribute_generator(items, cfg: AttributeGeneratorConfig, models_dir, *,
         raise ValueError(f"cannot fit {name}: {len(train)} items with a price and a category (at least 10 needed)")
     schema = fit_schema(train, cfg)
     x, codes = schema.encode(train)
-    model = train_vae(x, codes, schema, cfg)
+    held = holdout_mask(train["item_id"].tolist(), train["category"].tolist(), cfg.holdout, cfg.seed)
+    model = train_vae(x[~held], codes[~held], schema, cfg)
     real = _columns(schema, x)
-    copula = fit_copula(real, codes, schema)
-    generated = {"vae": _vae_samples(model, schema, codes, cfg.seed)}
-    copula_rows = np.zeros_like(real)
-    for c, category in enumerate(schema.categories):
-        rows = np.flatnonzero(codes == c)
-        if category in copula:
-            copula_rows[rows] = sample_copula(copula, category, len(rows), cfg.seed)
-    generated["copula"] = copula_rows
-    shuffle = np.random.default_rng(cfg.seed)
-    generated["independent"] = np.column_stack([shuffle.permutation(col) for col in real.T])
-    report = {**fidelity(schema, real, codes, generated), "items": int(len(train)), "excluded": int((~valid).sum())}
+    copula = fit_copula(real[~held], codes[~held], schema)
+    evaluate = held if held.any() else ~held  # no holdout: measured on the fitted items
+    report = measure(schema, model, copula, real[evaluate], codes[evaluate], real[~held], cfg.seed)
+    in_sample = measure(schema, model, copula, real[~held], codes[~held], real[~held], cfg.seed)
+    report.update(chosen=choose_method(report), rule=CHOICE_RULE, items=int(len(train)), held_out=int(held.sum()),
+                  excluded=int((~valid).sum()), in_sample={m: in_sample[m] for m in ("vae", "copula")})
+    return _save(models_dir, name, schema, model, copula, cfg, trained_on, report)
+
+
+def _save(models_dir, name: str, schema: Schema, model, copula: dict, cfg: AttributeGeneratorConfig,
+          trained_on: dict, report: dict) -> ArtifactRef:
+    import torch
 
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)
     arrays = io.BytesIO()
     np.savez(arrays, idf=schema.idf, components=schema.components)
+    input_width = sum(width for _, width in kinds_of(schema))
     files = {"vae.pt": weights.getvalue(), "text.npz": arrays.getvalue(),
              "schema.json": json.dumps(schema.to_json()).encode(), "copula.json": json.dumps(copula).encode(),
-             "model.json": json.dumps({"input_width": int(x.shape[1]), **cfg.model_dump()}).encode()}
+             "model.json": json.dumps({"input_width": int(input_width), **cfg.model_dump()}).encode()}
     return save_artifact(models_dir, name, kind=KIND, files=files, config=cfg.model_dump(mode="json"),
                          trained_on=trained_on, fidelity=report)
 
 
 @register_loader(KIND)
 def load_attribute_generator(path: Path, manifest: dict) -> AttributeGenerator:
+    """The generator; its default method is the manifest's ``chosen`` (artifacts from before: the VAE)."""
     import torch
 
     settings = json.loads((path / "model.json").read_text())
@@ -479,7 +617,13 @@ def load_attribute_generator(path: Path, manifest: dict) -> AttributeGenerator:
     model.load_state_dict(torch.load(path / "vae.pt", map_location="cpu"))
     model = model.to(device()).eval()
     return AttributeGenerator(schema, model, json.loads((path / "copula.json").read_text()),
-                              tag=f"{manifest['name']}@{manifest['version']}")
+                              tag=f"{manifest['name']}@{manifest['version']}",
+                              chosen=manifest.get("fidelity", {}).get("chosen", "vae"))
+
+
+def _row_categories(schema: Schema, frame, codes: np.ndarray) -> list[str]:
+    """Each item's category, or the schema's category its code falls back to (one the model lacks)."""
+    return [c if c in schema.band else schema.categories[k] for c, k in zip(frame["category"], codes)]
 
 
 def variants(generator: AttributeGenerator, frame, normals: np.ndarray, uniforms: np.ndarray, scale: float):
@@ -496,7 +640,25 @@ def variants(generator: AttributeGenerator, frame, normals: np.ndarray, uniforms
         mu, log_var = generator.model.encode(xs, cs)
         z = mu + scale * torch.exp(0.5 * log_var) * torch.from_numpy(normals.astype(np.float32)).to(run_on)
         out = generator.model.decode(z, cs).cpu().numpy()
-    categories = [c if c in schema.band else schema.categories[k] for c, k in zip(frame["category"], codes)]
-    decoded = decode_rows(schema, out, categories, uniforms=uniforms)
+    decoded = decode_rows(schema, out, _row_categories(schema, frame, codes), uniforms=uniforms)
     return [d["price"] for d in decoded], [merge_attributes(a, d) for a, d in zip(frame["attributes"], decoded)]
 
+
+def copula_variants(generator: AttributeGenerator, frame, normals: np.ndarray, scale: float):
+    """(prices, attributes JSON) of one variant per item of ``frame`` from its category's copula.
+
+    The item's columns move by :func:`copula_step` with ``ρ = 1/√(1 + scale²)`` (``normals``
+    [n, :func:`column_count`] are the item's keyed draws) and are decoded with the VAE path's
+    constraints (:func:`decode_rows`). An item of a category without a copula keeps its values."""
+    schema = generator.schema
+    x, codes = schema.encode(frame)
+    categories = _row_categories(schema, frame, codes)
+    columns, rho = _columns(schema, x), 1.0 / math.sqrt(1.0 + scale * scale)
+    out = np.zeros((len(frame), x.shape[1]))
+    for category in sorted(set(categories)):
+        rows = np.flatnonzero(np.asarray(categories) == category)
+        fitted = generator.copula.get(category)
+        moved = copula_step(fitted, columns[rows], normals[rows], rho) if fitted else columns[rows]
+        out[rows] = _as_output(schema, moved, np.array(fitted["quantiles"]) if fitted else None)
+    decoded = decode_rows(schema, out, categories)
+    return [d["price"] for d in decoded], [merge_attributes(a, d) for a, d in zip(frame["attributes"], decoded)]

@@ -152,7 +152,8 @@ class RunRecord:
 
 def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str], None] | None = None,
                    epoch_log: bool = False, on_record: Callable[[RunRecord], None] | None = None,
-                   finished: Mapping[tuple[str, int], dict] | None = None) -> list[RunRecord]:
+                   finished: Mapping[tuple[str, int], dict] | None = None,
+                   progress_dir: str | None = None) -> list[RunRecord]:
     """Train every arm × seed of ``plan``; ``cfg.num_processes`` > 1 runs each model on that many
     TorchDistributor ranks (local mode) of ``spark``'s cluster (default: the active session);
     otherwise ``cfg.parallel_runs`` models train at once, each in a process of its own.
@@ -162,7 +163,9 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
     line per epoch of every run (to stderr from worker processes); ``on_record``: called with each
     record as its run ends (e.g. to save partial results of a long study); ``finished``: results of
     runs an interrupted study already saved, by (arm name, seed): they are reported, not retrained
-    (the caller vouches that they came from the same plan and settings)."""
+    (the caller vouches that they came from the same plan and settings); ``progress_dir``: each
+    in-process run saves its state there after every epoch and resumes from it after an
+    interruption (``recaug_spark.train.progress``)."""
     trainer_cfg = cfg.trainer_config().model_copy(update={"steps_per_epoch": plan.steps_per_epoch})
     runs = [(arm, seed) for seed in cfg.seeds for arm in plan.arms]
     finished = finished or {}
@@ -178,7 +181,7 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
                                   "as rows, which runs in one process per model: set train.num_processes to 1")
         _train_distributed(plan, trainer_cfg, cfg.num_processes, to_train, recorder)
     else:
-        shared = _shared_inputs(plan, trainer_cfg)
+        shared = _shared_inputs(plan, trainer_cfg, progress_dir)
         if cfg.parallel_runs <= 1 or len(to_train) <= 1:
             _train_one_by_one(shared, to_train, recorder, epoch_log, log)
         else:
@@ -225,8 +228,9 @@ def _train_distributed(plan: ExperimentPlan, trainer_cfg, processes: int, runs: 
         recorder.done(arm, seed, result, time.perf_counter() - started)
 
 
-def _shared_inputs(plan: ExperimentPlan, trainer_cfg) -> tuple:
-    """What every in-process run shares: (trainer config, plan, history files, targets, vocabulary)."""
+def _shared_inputs(plan: ExperimentPlan, trainer_cfg, progress_dir: str | None = None) -> tuple:
+    """What every in-process run shares: (trainer config, plan, history files, targets, vocabulary,
+    progress folder)."""
     from recaug_spark.train.data import Vocabulary, pinned_files, read_targets
 
     history = pinned_files(plan.table_uri, plan.version, [REAL_CHAIN])
@@ -238,7 +242,7 @@ def _shared_inputs(plan: ExperimentPlan, trainer_cfg) -> tuple:
 
         vocabulary = Vocabulary.from_files(pinned_files(plan.table_uri, plan.version),
                                            extra=target_items(targets, None))
-    return trainer_cfg, plan, history, targets, vocabulary
+    return trainer_cfg, plan, history, targets, vocabulary, progress_dir
 
 
 def _train_one_by_one(shared: tuple, runs: Sequence[tuple[Arm, int]], recorder: _Recorder, epoch_log: bool,
@@ -272,8 +276,8 @@ def _run_label(arm: Arm, seed: int) -> str:
     return f"[train] {arm.name} seed {seed}:"
 
 
-def _train_local(trainer_cfg, plan: ExperimentPlan, history, targets, vocabulary, arm: Arm, seed: int,
-                 log_prefix: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+def _train_local(trainer_cfg, plan: ExperimentPlan, history, targets, vocabulary, progress_dir: str | None,
+                 arm: Arm, seed: int, log_prefix: str | None = None, log: Callable[[str], None] | None = None) -> dict:
     """One model of an experiment in this process (a worker process when runs are parallel)."""
     from recaug_spark.train.consumption import arm_inputs
     from recaug_spark.train.data import pinned_files
@@ -284,8 +288,9 @@ def _train_local(trainer_cfg, plan: ExperimentPlan, history, targets, vocabulary
     epoch_log = None
     if log_prefix is not None:
         epoch_log = functools.partial(_prefixed, log_prefix, log or _stderr)
+    progress = None if progress_dir is None else str(Path(progress_dir) / f"{arm.name}-seed{seed}.progress.pt")
     return train(trainer_cfg, files, targets, targets, history_files=history, vocabulary=vocabulary, seed=seed,
-                 log=epoch_log, objective=objective)
+                 log=epoch_log, objective=objective, progress_path=progress)
 
 
 def _stderr(line: str) -> None:

@@ -57,6 +57,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -79,6 +80,7 @@ from recaug_spark.train.data import (
     shard_files,
     targets_of,
 )
+from recaug_spark.train.progress import Progress, fingerprint
 
 CHECKPOINT_FORMAT = 1
 
@@ -231,7 +233,8 @@ def next_item_objective(inputs: ObjectiveInputs) -> Objective:
 def train(config: TrainConfig, train_files: Sequence[DataFile], valid_targets, test_targets, *,
           history_files: Sequence[DataFile] | None = None, vocabulary: Vocabulary | None = None,
           seed: int | None = None, device=None, checkpoint_path: str | None = None,
-          log: Callable[[str], None] | None = None, objective: ObjectiveFactory | None = None) -> dict:
+          log: Callable[[str], None] | None = None, objective: ObjectiveFactory | None = None,
+          progress_path: str | None = None) -> dict:
     """Train and evaluate in this process; returns the result dict (see ``_result``).
 
     ``valid_targets`` / ``test_targets``: the ``sequence_targets`` table (pyarrow, filtered by its
@@ -239,7 +242,8 @@ def train(config: TrainConfig, train_files: Sequence[DataFile], valid_targets, t
     ``history_files``: where the users' real training sequences are (default: the files of the
     ``real`` operator chain among ``train_files``, or all of them when the table has no chains).
     ``vocabulary``: default every item of the training files and targets. ``objective``: what to
-    train (default ``next_item_objective``).
+    train (default ``next_item_objective``). ``progress_path``: save the run's state there after
+    every epoch and resume from it if it exists (``recaug_spark.train.progress``); removed at the end.
     """
     history_files = _default_history(train_files) if history_files is None else list(history_files)
     if not history_files:
@@ -251,7 +255,8 @@ def train(config: TrainConfig, train_files: Sequence[DataFile], valid_targets, t
                                            extra=targets)
     run = _Run(config, config.seeds[0] if seed is None else seed, resolve_device(config.device, device), _Dist())
     return _fit(run, read_sequences(train_files, vocabulary), read_sequences(history_files, vocabulary),
-                valid_targets, test_targets, vocabulary, checkpoint_path=checkpoint_path, log=log, objective=objective)
+                valid_targets, test_targets, vocabulary, checkpoint_path=checkpoint_path, log=log, objective=objective,
+                progress_path=progress_path)
 
 
 def train_rank(config: TrainConfig | dict | str, table_uri: str, *, version: int | None = None,
@@ -442,7 +447,7 @@ class EarlyStopping:
 
 def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targets, test_targets,
          vocabulary: Vocabulary, *, checkpoint_path: str | None, log: Callable[[str], None] | None,
-         objective: ObjectiveFactory | None = None) -> dict:
+         objective: ObjectiveFactory | None = None, progress_path: str | None = None) -> dict:
     """One training run on this rank's sequences: set up, the epochs, the test of the best state,
     the checkpoint; every rank returns rank 0's result dict (see ``_result``)."""
     import torch
@@ -461,21 +466,33 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
         ObjectiveInputs(config, inputs.train, train_sequences, vocabulary, inputs.n_items, run.seed, dist.rank,
                         batch_size, steps))
     validate = functools.partial(_validate, run, model, inputs, mix_seed(run.seed, 7919, dist.rank))
-    history, stopper = _run_epochs(run, model, optimizer, trained, validate, log)
+    progress = None
+    if progress_path is not None:
+        if dist.active:
+            raise TrainDataError("progress_path (resumable runs) is for one-process runs only")
+        progress = Progress(Path(progress_path), fingerprint(config.model_dump(mode="json"), run.seed,
+                                                             inputs.n_items, len(inputs.train), steps))
+    history, stopper = _run_epochs(run, model, optimizer, trained, validate, log, progress)
     stopper.restore(_unwrap(model))
     result = _result(run, inputs, stopper, history, steps, _test(run, model, inputs), started)
     if checkpoint_path is not None and dist.rank == 0:
         result["checkpoint"] = _save_checkpoint(checkpoint_path, config, vocabulary, stopper, result["test"])
+    if progress is not None:
+        progress.clear()
     return dist.broadcast(result)
 
 
 def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Callable[[], dict[str, float]],
-                log: Callable[[str], None] | None) -> tuple[list[dict], EarlyStopping]:
-    """Epochs until the budget or the patience runs out: (one record per epoch, the early stopping)."""
+                log: Callable[[str], None] | None, progress: Progress | None = None,
+                ) -> tuple[list[dict], EarlyStopping]:
+    """Epochs until the budget or the patience runs out: (one record per epoch, the early stopping).
+    With ``progress``, a saved state is resumed first and the state is saved after every epoch."""
     config = run.config
     stopper = EarlyStopping(config.patience)
-    history = []
-    for epoch in range(config.epochs):
+    first, history = progress.load(_unwrap(model), optimizer, stopper) if progress else (0, [])
+    if stopper.stopped_early:
+        return history, stopper
+    for epoch in range(first, config.epochs):
         start = time.perf_counter()
         losses = run.dist.sum(_train_epoch(model, optimizer, objective, epoch, run.device))
         record = {"epoch": epoch, "loss": losses["loss"] / max(losses["batches"], 1),
@@ -489,9 +506,12 @@ def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Cal
         if epoch + 1 == objective.warmup_epochs:
             stopper.waited = 0  # the next phase gets its whole patience
         history.append(record)
+        stop = epoch + 1 >= objective.warmup_epochs and stopper.should_stop()
+        if progress is not None:
+            progress.save(epoch, _unwrap(model), optimizer, stopper, history)
         if log is not None and run.dist.rank == 0:
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if epoch + 1 >= objective.warmup_epochs and stopper.should_stop():
+        if stop:
             break
     return history, stopper
 
