@@ -124,8 +124,8 @@ def build_config(args, warehouse: Path):
 
 def needed_generators(cfg) -> list[str]:
     """The generator models the configured branches use (``recaug fit`` trains only these)."""
-    from recaug_spark.augment.registry import build
     from recaug_spark.augment.generator_ops import GeneratorAugmenter
+    from recaug_spark.augment.registry import build
 
     names = []
     for branch in cfg.augment.branches:

@@ -235,9 +235,9 @@ def test_fit_counts_popularity_and_reads_categories(spark):
 def test_augment_stage_writes_aligned_negatives_outside_the_users_items(spark):
     from test_augment_stage import sequence_rows
 
+    from recaug_spark.augment.engine import augment_sequences
     from recaug_spark.config import AugmentConfig, BranchConfig
     from recaug_spark.schemas import ITEMS, SEQUENCES
-    from recaug_spark.augment.engine import augment_sequences
 
     rows = sequence_rows(30)
     sequences = spark.createDataFrame(rows, SEQUENCES)

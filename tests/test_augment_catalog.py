@@ -251,8 +251,8 @@ def test_neighbour_table_matches_a_brute_force_count_and_keeps_top_k(frames):
 # ---- Spark: end to end through the augment stage ----
 
 def test_correlated_substitute_runs_through_the_augment_stage_and_stays_within_the_catalog(frames):
-    from recaug_spark.config import AugmentConfig, BranchConfig
     from recaug_spark.augment.engine import augment_sequences
+    from recaug_spark.config import AugmentConfig, BranchConfig
 
     sequences, items = frames
     params = {"rate": 1.0, "window": 1, "price_bands": 2}

@@ -316,9 +316,9 @@ def context_rows():
 
 def test_context_distribution_fit_and_end_to_end_augment(spark):
     from recaug_spark.augment.context_ops import fit_context_distribution
+    from recaug_spark.augment.engine import augment_sequences
     from recaug_spark.config import AugmentConfig, BranchConfig
     from recaug_spark.schemas import SEQUENCES
-    from recaug_spark.augment.engine import augment_sequences
 
     extra = [("v0", ["a", "b", "c"], [dt.datetime(2024, 3, 4)] * 3, ["view"] * 3, ["v0-1"] * 3,
               ["DE", None, None], ["ios", "web", None], 3),

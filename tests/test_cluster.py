@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _process import run_in_own_group
 
 from recaug_spark.cluster import (
     ClusterError,
@@ -26,7 +27,6 @@ from recaug_spark.cluster import (
     stop_cluster,
 )
 from recaug_spark.config import ClusterConfig, ConfigError, load_config
-from _process import run_in_own_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from _process import run_in_own_group
 
 from recaug_spark.cluster import free_port, spark_home, start_cluster, stop_cluster
 from recaug_spark.config import ClusterConfig
-from _process import run_in_own_group
 
 APP = Path(__file__).resolve().parent / "apps" / "augment_app.py"
 

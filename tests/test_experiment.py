@@ -254,7 +254,7 @@ def test_train_stage_writes_metrics_report_and_counts(trained_run):
     assert Path(report / "report.md").exists()
 
 
-def test_parallel_runs_give_the_same_results_as_one_after_another(default_run):
+def test_parallel_runs_give_the_same_results_as_one_after_another(default_run, tmp_path):
     """train.parallel_runs trains arm × seed models in worker processes: same figures, same order."""
     from recaug_spark.train.experiment import plan_experiment, run_experiment
 
@@ -272,7 +272,9 @@ def test_parallel_runs_give_the_same_results_as_one_after_another(default_run):
     assert ended == [("baseline", 1), ("crop", 1), ("baseline", 2), ("crop", 2)]  # seed by seed: pairs end early
     ended.clear()
     side_by_side = run_experiment(plan, cfg.model_copy(update={"parallel_runs": 2}),
-                                  on_record=lambda r: ended.append((r.variant, r.seed)))
+                                  on_record=lambda r: ended.append((r.variant, r.seed)),
+                                  progress_dir=str(tmp_path / "progress"))
+    assert list((tmp_path / "progress").iterdir()) == []  # each run's progress file is removed at its end
     assert sorted(ended) == [("baseline", 1), ("baseline", 2), ("crop", 1), ("crop", 2)]
     assert [(r.variant, r.seed) for r in side_by_side] == [("baseline", 1), ("baseline", 2), ("crop", 1), ("crop", 2)]
     assert [(r.variant, r.seed, r.result["test"]) for r in side_by_side] == [
@@ -301,3 +303,23 @@ def test_report_warns_in_red_when_a_baseline_run_hit_the_epoch_cap():
     assert baseline_warning(converged) is None  # a capped variant does not make the baseline unconverged
     warning = baseline_warning([record("baseline", 1, False), record("baseline", 2, True), record("x", 1, False)])
     assert "color:red" in warning and "1 of 2 baseline run(s)" in warning
+
+
+def test_an_experiment_trains_a_contrastive_variant_from_config(default_run):
+    from recaug_spark.train.experiment import plan_experiment, run_experiment
+
+    ctx, _ = default_run
+    cfg = ctx.cfg.with_overrides(**{
+        "train.epochs": 1, "train.seeds": [1], "train.hidden": 8, "train.max_len": 10, "train.batch_size": 128,
+        "train.num_threads": 1, "train.loss": "ce",
+        "train.variants": [{"name": "cl", "chains": ["crop", "mask"], "consume": "contrastive"}],
+    }).train
+    wh = ctx.warehouse
+    plan = plan_experiment(cfg, wh.uri("augmented_sequences"), wh.uri("sequence_targets"), wh.uri("items"))
+    baseline, contrastive = run_experiment(plan, cfg)
+    assert (baseline.variant, contrastive.variant) == ("baseline", "cl")
+    # the contrastive arm trains the next-item loss on the real rows only: the baseline's training rows
+    assert contrastive.result["train_sequences"] == baseline.result["train_sequences"]
+    assert contrastive.result["loss"] == "ce" and contrastive.result["test"] != baseline.result["test"]
+    with pytest.raises(ExperimentError, match="num_processes"):
+        run_experiment(plan, cfg.model_copy(update={"num_processes": 2}))

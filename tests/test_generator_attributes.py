@@ -15,8 +15,13 @@ from recaug_spark.augment.item_ops import ItemState
 from recaug_spark.augment.registry import build_item
 from recaug_spark.generators import runtime
 from recaug_spark.generators.artifacts import manifest
-from recaug_spark.generators.attributes import (TIE, AttributeGeneratorConfig, choose_method,
-                                                fit_attribute_generator, holdout_mask)
+from recaug_spark.generators.attributes import (
+    TIE,
+    AttributeGeneratorConfig,
+    choose_method,
+    fit_attribute_generator,
+    holdout_mask,
+)
 
 # category -> (median price, colours it has, pages attribute?)
 PLANTED = {

@@ -19,13 +19,30 @@ from recaug_spark.delta import Warehouse, WriteResult
 from recaug_spark.runs import RunContext
 from recaug_spark.schemas import EVENTS_RAW, ITEMS_RAW, QUARANTINE, RAW_EVENT_FIELDS, RAW_ITEM_FIELDS
 from recaug_spark.sources import (
-    ADAPTER_EVENT_COLUMNS, ADAPTER_ITEM_COLUMNS, SourceError, amazon_5core_rows, diginetica_rows, map_columns,
-    read_csv, read_sources,
+    ADAPTER_EVENT_COLUMNS,
+    ADAPTER_ITEM_COLUMNS,
+    SourceError,
+    amazon_5core_rows,
+    diginetica_rows,
+    map_columns,
+    read_csv,
+    read_sources,
 )
 from recaug_spark.stages.ingest import (
-    EVENT_REASONS, PseudonymKeyError, ReconciliationError, accepted_rows, check_events, check_items,
-    check_session, known_item_ids, pseudonym, pseudonymize_checked, quarantine_rows, reconcile,
-    resolve_pseudonym_key, run_ingest,
+    EVENT_REASONS,
+    PseudonymKeyError,
+    ReconciliationError,
+    accepted_rows,
+    check_events,
+    check_items,
+    check_session,
+    known_item_ids,
+    pseudonym,
+    pseudonymize_checked,
+    quarantine_rows,
+    reconcile,
+    resolve_pseudonym_key,
+    run_ingest,
 )
 
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)

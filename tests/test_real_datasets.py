@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+from conftest import dataset_path
 from pyspark.sql import functions as F
 
 from recaug_spark.config import IngestConfig, validate
 from recaug_spark.runs import RunContext
 from recaug_spark.sources import read_sources
 from recaug_spark.stages.ingest import check_events, pseudonym, reason_counts, run_ingest
-from conftest import dataset_path
 
 KEY = "real-data-test-key-0123456789abcdef"
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)

@@ -15,11 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from _process import run_in_own_group
 from deltalake import DeltaTable
 
 from recaug_spark.cluster import free_port, master_json, spark_home, start_cluster, stop_cluster
 from recaug_spark.config import ClusterConfig
-from _process import run_in_own_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB = REPO_ROOT / "jobs" / "pipeline.py"

@@ -39,7 +39,6 @@ def count_key(variant: str, metric: str, suffix: str = "") -> str:
 
 
 def run_train(ctx: RunContext) -> StageResult:
-    from recaug_spark.train.quality import ALL_AUGMENTED
     from recaug_spark.train.experiment import (
         compare,
         comparison_table,
@@ -49,6 +48,7 @@ def run_train(ctx: RunContext) -> StageResult:
         run_experiment,
         values_by_variant,
     )
+    from recaug_spark.train.quality import ALL_AUGMENTED
     from recaug_spark.train.report import write_report
 
     cfg = ctx.cfg.train

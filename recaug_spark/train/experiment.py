@@ -45,6 +45,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from recaug_spark.schemas import REAL_CHAIN

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recaug_spark.train import metrics as M
-from recaug_spark.train.figures import new_figure, save_figure
 from recaug_spark.train.experiment import (
     BASELINE,
     REPORT_METRICS,
@@ -39,6 +38,7 @@ from recaug_spark.train.experiment import (
     comparison_table,
     values_by_variant,
 )
+from recaug_spark.train.figures import new_figure, save_figure
 
 
 def write_report(folder: str | Path, plan: ExperimentPlan, cfg, records: Sequence[RunRecord], *, run_id: str,
