@@ -439,13 +439,14 @@ class VariantConfig(_Section):
     weight: float = Field(1.0, ge=0)  # weighted: loss weight of an augmented row's positions
     chain_weights: dict[str, float] = {}  # weighted: per-chain weights, overriding ``weight``
     contrastive_weight: float = Field(0.1, gt=0)  # contrastive: weight of the InfoNCE term
-    temperature: float = Field(1.0, gt=0)  # contrastive: InfoNCE temperature
+    temperature: float = Field(0.5, gt=0)  # contrastive: InfoNCE temperature
+    similarity: Literal["cos", "dot"] = "cos"  # contrastive: of the views' states (see train/contrastive.py)
     pretrain_epochs: int = Field(10, ge=1)  # pretrain: epochs on real + augmented before real only
 
     @model_validator(mode="after")
     def _mode_keys(self) -> "VariantConfig":
         owners = {"weight": "weighted", "chain_weights": "weighted", "contrastive_weight": "contrastive",
-                  "temperature": "contrastive", "pretrain_epochs": "pretrain"}
+                  "temperature": "contrastive", "similarity": "contrastive", "pretrain_epochs": "pretrain"}
         defaults = {name: field.default for name, field in type(self).model_fields.items()}
         stray = sorted(k for k, mode in owners.items() if mode != self.consume and getattr(self, k) != defaults[k])
         if stray:

@@ -109,7 +109,7 @@ def test_variant_consumption_modes_take_only_their_own_keys():
     assert (weighted.chain_weight("crop"), weighted.chain_weight("mask")) == (0.2, 0.5)
     assert VariantConfig(name="r", chains=["crop"]).chain_weight("crop") == 1.0
     with pytest.raises(ValueError, match="temperature"):
-        VariantConfig(name="r", chains=["crop"], temperature=0.5)  # a contrastive key on a rows variant
+        VariantConfig(name="r", chains=["crop"], temperature=0.2)  # a contrastive key on a rows variant
     with pytest.raises(ValueError, match="not among its chains"):
         VariantConfig(name="w", chains=["crop"], consume="weighted", chain_weights={"mask": 1.0})
     with pytest.raises(ValueError, match="consume"):

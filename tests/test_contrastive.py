@@ -61,7 +61,11 @@ def test_info_nce_known_answers():
     assert info_nce(same, same.clone(), temperature=1.0).item() == pytest.approx(math.log(5))
     # Orthogonal pairs, far apart: each anchor's partner dominates, the loss vanishes.
     basis = torch.eye(3) * 10
-    assert info_nce(basis, basis.clone(), temperature=0.5).item() < 1e-6
+    assert info_nce(basis, basis.clone(), temperature=0.5, similarity="dot").item() < 1e-6
     # Swapping the partners of two pairs makes the loss large.
     swapped = basis[[1, 0, 2]]
-    assert info_nce(basis, swapped, temperature=0.5).item() > 10
+    assert info_nce(basis, swapped, temperature=0.5, similarity="dot").item() > 10
+    # Cosine: the logits are 1/τ for the partner and 0 for the 2P − 2 = 4 orthogonal others, at any norm.
+    cosine = info_nce(basis, basis.clone(), temperature=0.5)
+    assert cosine.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 4)))
+    assert info_nce(basis / 10, basis.clone(), temperature=0.5).item() == pytest.approx(cosine.item())

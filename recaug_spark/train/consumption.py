@@ -32,8 +32,8 @@ def arm_inputs(variant, real_files: Sequence[DataFile], chain_files: Sequence[Da
     Files are in path order, as the table lists them."""
     mode = "rows" if variant is None else variant.consume
     if mode == "contrastive":
-        return list(real_files), contrastive_objective(list(chain_files), variant.contrastive_weight,
-                                                      variant.temperature)
+        return list(real_files), _keyed(contrastive_objective(list(chain_files), variant.contrastive_weight,
+                                                             variant.temperature, variant.similarity), variant)
     files = sorted([*real_files, *chain_files], key=lambda f: f.path)
     if mode == "rows":
         return files, None
@@ -41,8 +41,16 @@ def arm_inputs(variant, real_files: Sequence[DataFile], chain_files: Sequence[Da
     rows = [f.rows for f in files]
     if mode == "weighted":
         weights = [1.0 if chain == REAL_CHAIN else variant.chain_weight(chain) for chain in chains]
-        return files, weighted_objective(np.repeat(np.asarray(weights, np.float64), rows))
-    return files, pretrain_objective(np.repeat([chain == REAL_CHAIN for chain in chains], rows), variant.pretrain_epochs)
+        return files, _keyed(weighted_objective(np.repeat(np.asarray(weights, np.float64), rows)), variant)
+    is_real = np.repeat([chain == REAL_CHAIN for chain in chains], rows)
+    return files, _keyed(pretrain_objective(is_real, variant.pretrain_epochs), variant)
+
+
+def _keyed(factory, variant):
+    """``factory`` labelled with the variant's settings: a resumed run's progress must come from
+    the same consumption settings (``recaug_spark.train.progress``)."""
+    factory.settings = variant.model_dump(mode="json")
+    return factory
 
 
 def _epoch_loss(inputs, epoch: int):
@@ -97,7 +105,8 @@ def pretrain_objective(is_real: np.ndarray, epochs: int):
     return factory
 
 
-def contrastive_objective(view_files: Sequence[DataFile], weight: float, temperature: float):
+def contrastive_objective(view_files: Sequence[DataFile], weight: float, temperature: float,
+                          similarity: str = "cos"):
     """Next-item batches on the real rows with a fourth tensor (each row's sequence index), under
     the configured loss + ``weight`` × InfoNCE between two views of each row's user."""
     from recaug_spark.train.trainer import Objective
@@ -124,7 +133,7 @@ def contrastive_objective(view_files: Sequence[DataFile], weight: float, tempera
             def total(model, input_ids, positives, negatives, rows):
                 value = next_item(model, input_ids, positives, negatives)
                 term = contrastive_term(model, pairs, rows.cpu().numpy(), generator, temperature=temperature,
-                                        device=input_ids.device)
+                                        device=input_ids.device, similarity=similarity)
                 return value if term is None else value + weight * term
 
             return total

@@ -215,7 +215,8 @@ def _runs_lines(records: Sequence[RunRecord], stop: str) -> list[str]:
         res = r.result
         valid = (res.get("valid") or {}).get(stop, math.nan)
         lines.append(f"| {r.variant} | {r.seed} | {res.get('train_sequences', 0):,} | {res['epochs_run']} | "
-                     f"{res['best_epoch'] + 1} | {'yes' if res.get('cap_hit') else 'no'} | {r.steps:,} | {valid:.4f} | {res['test'][stop]:.4f} | "
+                     f"{res['best_epoch'] + 1} | {'yes' if res.get('cap_hit') else 'no'} | {r.steps:,} | {valid:.4f} | "
+                     f"{res['test'][stop]:.4f} | "
                      f"{res.get('seconds_total', 0.0):.1f} |")
     return [*lines, "", *_convergence_note(records), "![validation curves](validation.png)", ""]
 

@@ -470,8 +470,9 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
     if progress_path is not None:
         if dist.active:
             raise TrainDataError("progress_path (resumable runs) is for one-process runs only")
-        progress = Progress(Path(progress_path), fingerprint(config.model_dump(mode="json"), run.seed,
-                                                             inputs.n_items, len(inputs.train), steps))
+        key = fingerprint(config.model_dump(mode="json"), run.seed, inputs.n_items, len(inputs.train), steps,
+                          getattr(objective, "settings", None))  # a consumption mode's own settings
+        progress = Progress(Path(progress_path), key)
     history, stopper = _run_epochs(run, model, optimizer, trained, validate, log, progress)
     stopper.restore(_unwrap(model))
     result = _result(run, inputs, stopper, history, steps, _test(run, model, inputs), started)
