@@ -398,6 +398,7 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(512, ge=1)
     short_history_max: int = Field(5, ge=1)  # breakdown: histories of at most this many items are "short"
     head_item_share: float = Field(0.2, gt=0, lt=1)  # breakdown: the most popular 20% of items are "head"
+    cold_history_max: int = Field(4, ge=1)  # breakdown: "cold" users have at most this many history items
 
     # ---- execution ----
     num_threads: int | None = Field(None, ge=1)  # torch.set_num_threads per process; None: leave as is

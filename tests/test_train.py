@@ -171,10 +171,11 @@ def test_breakdowns_short_long_and_head_tail():
     popularity = np.array([0, 50, 40, 1, 1, 1, 1, 1, 1, 1, 1], dtype=float)  # items 1..10
     head = M.head_items(popularity, share=0.2)
     assert np.flatnonzero(head).tolist() == [1, 2]
-    groups = {**M.history_length_groups([2, 10, 3], short_max=5),
+    groups = {**M.history_length_groups([2, 10, 3], short_max=5, cold_max=2),
               **M.popularity_groups([1, 5, 2], popularity, share=0.2)}
     out = M.breakdown(np.array([0, 50, 1]), 100, groups, ks=(10,))
     assert out["short"]["users"] == 2 and out["short"]["hr@10"] == 1.0
+    assert out["cold"]["users"] == 1 and out["cold"]["ndcg@10"] == 1.0  # the 2-item history, ranked first
     assert out["long"]["hr@10"] == 0.0
     assert out["head"]["users"] == 2 and out["tail"]["users"] == 1
 
@@ -505,8 +506,10 @@ def test_an_interrupted_run_resumes_from_its_progress_file_with_the_same_figures
     with pytest.raises(ProgressError, match="another run"):
         train(cfg, files, targets, targets, seed=99, progress_path=str(progress))
     lines = []
-    resumed = train(cfg, files, targets, targets, log=lines.append, progress_path=str(progress))
+    other_groups = cfg.model_copy(update={"cold_history_max": cfg.cold_history_max + 1})  # breakdown only
+    resumed = train(other_groups, files, targets, targets, log=lines.append, progress_path=str(progress))
     assert [line.split()[0] for line in lines] == ["epoch=2", "epoch=3"]  # only the epochs left
+    assert "cold" in resumed["test_breakdown"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
     assert not progress.exists()  # removed once the run has its result

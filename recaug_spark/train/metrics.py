@@ -161,10 +161,15 @@ def breakdown(ranks, n_candidates, groups: Mapping[str, np.ndarray],
     return {name: summarize(ranks[mask], n[mask], ks) for name, mask in groups.items()}
 
 
-def history_length_groups(lengths, short_max: int) -> dict[str, np.ndarray]:
-    """``short``: histories of at most ``short_max`` items; ``long``: the others."""
+def history_length_groups(lengths, short_max: int, cold_max: int | None = None) -> dict[str, np.ndarray]:
+    """``short``: histories of at most ``short_max`` items; ``long``: the others; with ``cold_max``,
+    also ``cold``: the users with the fewest interactions (at most ``cold_max`` history items; on a
+    5-core dataset evaluated leave-one-out, ``cold_max=4`` is the users at the 5-core minimum)."""
     lengths = np.asarray(lengths)
-    return {"short": lengths <= short_max, "long": lengths > short_max}
+    groups = {"short": lengths <= short_max, "long": lengths > short_max}
+    if cold_max is not None:
+        groups["cold"] = lengths <= cold_max
+    return groups
 
 
 def head_items(popularity, share: float = 0.2) -> np.ndarray:

@@ -202,7 +202,8 @@ def _group_lines(records: Sequence[RunRecord], groups: Sequence[str], plan: Expe
     tables = [f"### Group `{g}`\n\n```\n{comparison_table(records, (stop,), group=g, chains=chains)}\n```\n"
               for g in groups]
     return ["## By group", "",
-            f"short/long: history length ≤ / > {trainer.short_history_max}; head/tail: target among the "
+            f"short/long: history length ≤ / > {trainer.short_history_max}; cold: users with at most "
+            f"{trainer.cold_history_max} history items; head/tail: target among the "
             f"{trainer.head_item_share:.0%} most popular items or not.", "",
             *tables, "![groups](groups.png)", ""]
 

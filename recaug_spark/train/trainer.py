@@ -84,6 +84,12 @@ from recaug_spark.train.progress import Progress, fingerprint
 
 CHECKPOINT_FORMAT = 1
 
+# Settings that only choose the test breakdown's groups, never what is trained: left out of a
+# resumable run's fingerprint, so that progress saved before a group existed still resumes.
+# (short_history_max and head_item_share choose groups too, but were in the fingerprint of every
+# progress file saved so far; leaving them out now would orphan those files.)
+BREAKDOWN_ONLY = ("cold_history_max",)
+
 
 # ---------------------------------------------------------------- process group helpers
 
@@ -382,8 +388,9 @@ def _rank_batch(scores, targets, history, n_items: int, config: TrainConfig, gen
 
 
 def _group_sums(ranks, candidates, eval_set: EvalSet, config: TrainConfig, popularity) -> dict[str, float]:
-    """``<group>/<metric>`` sums for short/long histories and (with popularity) head/tail targets."""
-    masks = dict(M.history_length_groups(eval_set.history_lengths, config.short_history_max))
+    """``<group>/<metric>`` sums for short/long/cold histories and (with popularity) head/tail targets."""
+    masks = dict(M.history_length_groups(eval_set.history_lengths, config.short_history_max,
+                                         config.cold_history_max))
     if popularity is not None:
         masks.update(M.popularity_groups(eval_set.targets, popularity, config.head_item_share))
     return {f"{name}/{key}": value for name, mask in masks.items()
@@ -470,7 +477,8 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
     if progress_path is not None:
         if dist.active:
             raise TrainDataError("progress_path (resumable runs) is for one-process runs only")
-        key = fingerprint(config.model_dump(mode="json"), run.seed, inputs.n_items, len(inputs.train), steps,
+        settings = config.model_dump(mode="json", exclude=set(BREAKDOWN_ONLY))
+        key = fingerprint(settings, run.seed, inputs.n_items, len(inputs.train), steps,
                           getattr(objective, "settings", None))  # a consumption mode's own settings
         progress = Progress(Path(progress_path), key)
     history, stopper = _run_epochs(run, model, optimizer, trained, validate, log, progress)
