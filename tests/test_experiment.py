@@ -21,6 +21,8 @@ from recaug_spark.train.experiment import (
     metric_rows,
     resolve_arms,
     split_metric,
+    verdict,
+    verdict_lines,
 )
 from recaug_spark.train.quality import (
     ALL_AUGMENTED,
@@ -129,6 +131,21 @@ def test_compare_gives_mean_ci_and_paired_relative_change():
     half = t * 0.01 / math.sqrt(3)
     assert aug.relative_low == pytest.approx((0.02 - half) / 0.31)
     assert aug.relative_high == pytest.approx((0.02 + half) / 0.31)
+
+
+def test_verdict_says_helps_or_hurts_only_when_the_paired_interval_excludes_zero():
+    noisy = compare(VALUES, "ndcg@10")[1]  # +6.5% [-1.6%, +14.5%]
+    assert verdict(noisy) == ("augmented: no measurable effect, test ndcg@10 +6.5% [-1.6%, +14.5%] "
+                              "(paired 95% CI includes 0).")
+    better = compare({"baseline": {1: 0.30, 2: 0.31}, "x": {1: 0.40, 2: 0.42}}, "ndcg@10")[1]
+    assert verdict(better).startswith("x: helps, test ndcg@10 +34.4% [")
+    worse = compare({"baseline": {1: 0.30, 2: 0.31}, "x": {1: 0.20, 2: 0.22}}, "ndcg@10")[1]
+    assert verdict(worse).startswith("x: hurts, test ndcg@10 -31.1% [")
+    single = compare({"baseline": {1: 0.30}, "x": {1: 0.33}}, "ndcg@10")[1]
+    assert verdict(single) == "x: undecided, test ndcg@10 +10.0% from fewer than 2 paired seeds (no interval)."
+    records = [RunRecord(v, seed, {"test": {"ndcg@10": value}}) for v, by_seed in VALUES.items()
+               for seed, value in by_seed.items()]
+    assert verdict_lines(records, "ndcg@10") == [verdict(noisy)]  # the baseline gets no sentence
 
 
 def test_comparison_formatting():

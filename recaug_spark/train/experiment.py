@@ -412,6 +412,25 @@ def format_relative(c: Comparison) -> str:
     return text
 
 
+def verdict(c: Comparison, split: str = "test") -> str:
+    """One plain sentence on whether ``c.variant`` helps, from its paired-by-seed interval: it
+    helps (or hurts) only when the interval excludes 0; otherwise there is no measurable effect."""
+    figure = f"{split} {c.metric} {format_relative(c).removesuffix(' *')}"
+    if math.isnan(c.relative_low):
+        return f"{c.variant}: undecided, {figure} from fewer than 2 paired seeds (no interval)."
+    if c.relative_low > 0:
+        return f"{c.variant}: helps, {figure} (paired 95% CI above 0)."
+    if c.relative_high < 0:
+        return f"{c.variant}: hurts, {figure} (paired 95% CI below 0)."
+    return f"{c.variant}: no measurable effect, {figure} (paired 95% CI includes 0)."
+
+
+def verdict_lines(records: Sequence[RunRecord], metric: str, group: str = "all") -> list[str]:
+    """``verdict`` for every variant against the baseline on ``metric`` of the test split."""
+    return [verdict(c) for c in compare(values_by_variant(records, metric, "test", group), metric)
+            if c.variant != BASELINE]
+
+
 def format_comparison(rows_by_metric: Mapping[str, Sequence[Comparison]],
                       chains: Mapping[str, str] | None = None) -> str:
     """A fixed-width text table: one line per variant, for each metric mean ± CI and Δ vs baseline."""

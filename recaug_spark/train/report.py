@@ -37,6 +37,7 @@ from recaug_spark.train.experiment import (
     compare,
     comparison_table,
     values_by_variant,
+    verdict_lines,
 )
 from recaug_spark.train.figures import new_figure, save_figure
 
@@ -190,6 +191,7 @@ def _results_lines(records: Sequence[RunRecord], metrics: Sequence[str], plan: E
     warning = baseline_warning(records)
     return ["## Results (test split)", "", *([warning, ""] if warning else []),
             "```", comparison_table(records, metrics, chains=chains), "```", "",
+            *(f"- {line}" for line in verdict_lines(records, metrics[0])), "",
             "![test metrics](metrics.png)", ""]
 
 
