@@ -34,6 +34,8 @@ setup(
         "transformers==4.57.6",  # also runs local Hugging Face text generators (describe_expand)
         "scikit-learn>=1.5,<2",  # truncated SVD of the attribute generator's text features
         "scipy>=1.13,<2",  # Wasserstein distances and normal scores (attribute fidelity, copula)
+        # recaug tune: the policy search (TPE sampler, median/successive-halving pruning, resumable SQLite storage)
+        "optuna>=4.0,<5",
     ],
     extras_require={
         "test": [

@@ -12,6 +12,14 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  output instead of the input and flatter the stage; replicating the input to the
                  output's row count would not give the same bytes. Target: stage ≤ 2.0 × floor
                  for the default pipeline (below);
+* skeleton     — what the stage cannot skip, none of its logic: read the input and shuffle it by user
+                 into the stage's partitions (``shuffle input``) + ``write output`` as above.
+                 Target: stage ≤ 1.3 × skeleton for the default pipeline;
+* former path  — the same stage with every row, real ones included, through Python and back
+                 (``augment_sequences_round_trip``, the stage before real rows stayed in Spark), timed
+                 in the same rounds; both outputs' digests (row count and the sum of every row's
+                 ``xxhash64`` over all columns) must be equal: same rows, provenance and all;
+* batch size   — the stage at ``--events`` with each ``arrow_batch_rows`` of ``--batch-rows``;
 * per operator — the same for each operator alone (``BranchConfig(chain=name)``, default
                  parameters) at ``--operator-events``;
 * scaling      — stage and floor at each of ``--scales``: per-event cost (core-ns per input
@@ -27,7 +35,8 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  sequences in, as ``mapInArrow`` hands it over, Arrow batches of the stage's output
                  schema (``AUGMENTED_SEQUENCES``: real rows, then each branch's and copy's augmented
                  rows with provenance) out, as ``mapInArrow`` must return them. Ours is
-                 ``augment_record_batch`` (what ``augment_partition`` calls per batch:
+                 ``augment_record_batch`` (the former path's per-batch function, a superset of the
+                 stage's ``branch_record_batch``, which leaves real rows and provenance to Spark:
                  ``batch_from_arrow`` with user-id hashing, ``augment_batch``, ``batch_to_arrow``).
                  The per-row side implements the operators the way RecBole / CL4SRec do (Python
                  ``random`` per row, list slicing, ``random.sample`` for mask, ``random.shuffle`` of
@@ -55,6 +64,7 @@ the synthetic table lets every scale hold exactly the number of events asked for
 
 Usage: python benchmarks/augment_throughput.py [--events 10000000] [--scales 1e5,1e6,1e7]
        [--repeats 3] [--master local[2]] [--json PATH] [--skip-python-baseline] [--skip-skew]
+       [--skip-round-trip] [--batch-rows 2048,8192]
        [--one-core-only --baseline-events 200000]
 """
 
@@ -83,7 +93,12 @@ from py4j.protocol import Py4JError
 
 from recaug_spark.augment.arrow_io import output_schema
 from recaug_spark.augment.batch import MASK_TOKEN
-from recaug_spark.augment.engine import augment_record_batch, augment_sequences, compile_branches
+from recaug_spark.augment.engine import (
+    augment_record_batch,
+    augment_sequences,
+    augment_sequences_round_trip,
+    compile_branches,
+)
 from recaug_spark.augment.synthetic_sequences import MAX_LENGTH, SEED, parquet_bytes, synthesize
 from recaug_spark.config import AugmentConfig, BranchConfig, SparkConfig
 from recaug_spark.schemas import AUGMENTED_SEQUENCES, REAL_CHAIN
@@ -118,6 +133,7 @@ class Case:
     out: Path
     floor_out: Path
     with_floor: bool = True  # False: time the stage only
+    with_round_trip: bool = False  # also time the round-trip path (every row through Python) and compare digests
     results: dict = field(default_factory=dict)  # measure -> best seconds
     info: dict = field(default_factory=dict)
 
@@ -141,6 +157,28 @@ class SparkBench:
         finally:
             sc.setLocalProperty("spark.jobGroup.id", None)
         return {"tasks": self._task_seconds(group)}
+
+    def round_trip(self, case: Case) -> None:
+        """The former path: every row, real ones included, through Python (``augment_sequences_round_trip``)."""
+        out = round_trip_out(case)
+        shutil.rmtree(out, ignore_errors=True)
+        source = self.spark.read.parquet(str(case.source))
+        frame = augment_sequences_round_trip(source, case.cfg, SEED, "bench", "bench")
+        frame.write.mode("overwrite").parquet(str(out))
+
+    def shuffle_input(self, case: Case) -> None:
+        """Read the input and shuffle it by user into the stage's partitions (the skeleton's read side)."""
+        frame = self.spark.read.parquet(str(case.source)).repartition(case.cfg.partitions, "user_id")
+        frame.write.format("noop").mode("overwrite").save()
+
+    def digest(self, path: Path) -> tuple[int, int]:
+        """(rows, sum of the rows' xxhash64 over every column): equal for two tables with the same rows."""
+        from pyspark.sql import functions as F
+
+        columns = [f.name for f in AUGMENTED_SEQUENCES.fields]
+        row = (self.spark.read.parquet(str(path)).select(F.xxhash64(*columns).cast("decimal(38,0)").alias("h"))
+               .agg(F.count("*").alias("n"), F.sum("h").alias("s")).collect()[0])
+        return int(row.n), int(row.s or 0)
 
     def read_input(self, case: Case) -> None:
         self._noop_read(case.source)
@@ -177,8 +215,10 @@ class SparkBench:
         for _ in range(repeats):
             for case in cases:
                 floor = (("read_input", self.read_input), ("rewrite_output", self.rewrite_output),
-                         ("read_output", self.read_output)) if case.with_floor else ()
-                for measure, action in (("stage", self.stage), *floor):
+                         ("read_output", self.read_output), ("shuffle_input", self.shuffle_input)
+                         ) if case.with_floor else ()
+                old = (("round_trip", self.round_trip),) if case.with_round_trip else ()
+                for measure, action in (("stage", self.stage), *old, *floor):
                     start = time.perf_counter()
                     extra = action(case)
                     seconds = time.perf_counter() - start
@@ -204,12 +244,19 @@ class SparkBench:
         })
         if case.with_floor:
             write_output = max(r["rewrite_output"] - r["read_output"], 0.0)
-            floor = r["read_input"] + write_output
+            floor, skeleton = r["read_input"] + write_output, r["shuffle_input"] + write_output
             case.info.update({
-                "write_output_s": write_output, "floor_s": floor,
+                "write_output_s": write_output, "floor_s": floor, "skeleton_s": skeleton,
                 "ratio": r["stage"] / floor if floor else float("nan"),
+                "skeleton_ratio": r["stage"] / skeleton if skeleton else float("nan"),
                 "floor_core_ns_per_event": floor * self.cores / case.events * 1e9,
             })
+        if case.with_round_trip:
+            new, old = self.digest(case.out), self.digest(round_trip_out(case))
+            case.info.update({"digest": list(new), "round_trip_digest": list(old), "same_rows": new == old,
+                              "round_trip_ratio": r["round_trip"] / r["stage"]})
+            if case.with_floor:
+                case.info["round_trip_skeleton_ratio"] = r["round_trip"] / case.info["skeleton_s"]
         tasks = case.info.get("tasks")
         if tasks:
             case.info["task_max_s"] = max(tasks)
@@ -229,6 +276,10 @@ class SparkBench:
         seen = [r.seen for r in rows]
         return {"partition_events_max_over_median": max(events) / statistics.median(events),
                 "partition_seen_events_max_over_median": max(seen) / statistics.median(seen)}
+
+
+def round_trip_out(case: Case) -> Path:
+    return case.out.with_name(case.out.name + "_round_trip")
 
 
 # ------------------------------------------------------------------ one-core vectorized vs Python
@@ -263,8 +314,9 @@ def _count(out: pa.RecordBatch, schema: pa.Schema, totals: list[int]) -> None:
 
 
 def vectorized_run(batches: list[pa.RecordBatch], branches, cfg: AugmentConfig, schema: pa.Schema) -> tuple[int, int]:
-    """The stage's own per-batch function (``augment_record_batch``, what ``augment_partition`` calls
-    for every Arrow batch): Arrow batch in, Arrow batches of the output schema out. (rows, events) out."""
+    """The former path's per-batch function (``augment_record_batch``: real and branch rows, a superset of
+    the stage's ``branch_record_batch``): Arrow batch in, Arrow batches of the output schema out.
+    (rows, events) out."""
     totals = [0, 0]
     for record_batch in batches:
         for out in augment_record_batch(record_batch, branches, cfg, SEED, "bench", "bench", schema):
@@ -286,7 +338,8 @@ def python_record_batch(record_batch: pa.RecordBatch, steps: list, branches, max
     if n == 0:
         return
     user_column = record_batch.column("user_id")
-    real = {"sequence_id": user_column, "user_id": user_column, "length": pc.list_value_length(record_batch.column("item_ids")),
+    real = {"sequence_id": user_column, "user_id": user_column,
+            "length": pc.list_value_length(record_batch.column("item_ids")),
             "negative_item_ids": pa.nulls(n, pa.list_(pa.string())),
             **{name: record_batch.column(name) for name in PER_EVENT},
             **_constants(schema, n, {**common, "origin": REAL_CHAIN, "operator_chain": REAL_CHAIN, "branch": None,
@@ -321,8 +374,8 @@ def python_record_batch(record_batch: pa.RecordBatch, steps: list, branches, max
                     **_constants(schema, m, {**common, "origin": "augmented", "operator_chain": branch.chain,
                                              "branch": branch.index, "copy": copy, "params": branch.params_json})}
             for name, values in zip(PER_EVENT, out_columns):
-                data[name] = (pa.array(values, pa.list_(pa.int64())).cast(schema.field(name).type) if name == "timestamps"
-                              else pa.array(values, pa.list_(pa.string())))
+                data[name] = (pa.array(values, pa.list_(pa.int64())).cast(schema.field(name).type)
+                              if name == "timestamps" else pa.array(values, pa.list_(pa.string())))
             yield pa.RecordBatch.from_arrays([data[f.name] for f in schema], schema=schema)
 
 
@@ -529,6 +582,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heavy-events", type=int, default=100_000, help="events of each heavy user")
     parser.add_argument("--skip-python-baseline", action="store_true")
     parser.add_argument("--skip-skew", action="store_true")
+    parser.add_argument("--skip-round-trip", action="store_true",
+                        help="do not time the former path (every row through Python) nor compare its rows' digest")
+    parser.add_argument("--batch-rows", default="",
+                        help="comma-separated arrow_batch_rows to time the stage with at --events (e.g. 2048,8192)")
     parser.add_argument("--one-core-only", action="store_true",
                         help="only the one-core part (synthesizes --baseline-events events, no Spark stage measures)")
     return parser.parse_args(argv)
@@ -620,8 +677,13 @@ def measure_everything(spark, bench: SparkBench, args: argparse.Namespace, plan:
 
     # 1. default pipeline at every scale (the main scale included)
     scale_cases = [case(f"default_{s}", s, default, datasets[str(s)]["events"]) for s in plan.scales]
-    bench.measure(scale_cases, args.repeats)
     main_case = next(c for c in scale_cases if c.events == datasets[str(args.events)]["events"])
+    main_case.with_round_trip = not args.skip_round_trip
+    batch_cases = [case(f"batch_{rows}", args.events, default.model_copy(update={"arrow_batch_rows": rows}),
+                        main_case.events) for rows in parse_scales(args.batch_rows)]
+    for c in batch_cases:
+        c.with_floor = False
+    bench.measure(scale_cases + batch_cases, args.repeats)
 
     # 2. each operator alone
     operator_events = plan.operator_events
@@ -647,6 +709,7 @@ def measure_everything(spark, bench: SparkBench, args: argparse.Namespace, plan:
     sample_source = data.get(plan.baseline_events, data[args.events])
     core = one_core(spark, sample_source, plan.baseline_events, configs, args.repeats, not args.skip_python_baseline)
 
+    report["batch_rows"] = {c.cfg.arrow_batch_rows: _case_json(c) for c in batch_cases}
     report.update({"scales": [_case_json(c) for c in scale_cases], "default": _case_json(main_case),
                    "operators": {c.name[3:]: _case_json(c) for c in op_cases}, "skew": skew, "one_core": core})
     print_report(report, main_case, scale_cases, op_cases, skew, core, operator_events, bench.cores, args)
@@ -664,11 +727,27 @@ def print_report(report, main_case, scale_cases, op_cases, skew, core, operator_
     print(f"{'I/O floor (read in + write out)':<34}{i['floor_s']:>10.2f}{1.0:>10.2f}{'':>10}")
     print(f"{'  read input':<34}{r['read_input']:>10.2f}")
     print(f"{'  write output (rewrite − read)':<34}{i['write_output_s']:>10.2f}")
-    print(f"{'stage (default pipeline)':<34}{r['stage']:>10.2f}{i['ratio']:>10.2f}{'≤ 2.00':>10}")
+    print(f"{'skeleton (shuffled read + write)':<34}{i['skeleton_s']:>10.2f}{i['skeleton_s'] / i['floor_s']:>10.2f}")
+    print(f"{'stage (default pipeline)':<34}{r['stage']:>10.2f}{i['ratio']:>10.2f}{'':>10}"
+          f"   {i['skeleton_ratio']:.2f} × skeleton (target ≤ 1.30)")
+    if "round_trip" in r:
+        print(f"{'former path (all rows via Python)':<34}{r['round_trip']:>10.2f}"
+              f"{r['round_trip'] / i['floor_s']:>10.2f}"
+              f"{'':>10}   {i['round_trip_skeleton_ratio']:.2f} × skeleton; stage ÷ former "
+              f"{1 / i['round_trip_ratio']:.2f}")
+        print(f"  same rows as the former path (count, xxhash64 sum over every column): "
+              f"{'yes' if i['same_rows'] else 'NO'} {tuple(i['digest'])}")
     print(f"  in {main_case.events:,} events / {i['real_rows']:,} sequences ({i['bytes_in'] / 1e6:,.1f} MB) → "
           f"out {i['events_out']:,} events / {i['rows_out']:,} rows ({i['bytes_out'] / 1e6:,.1f} MB)")
     print(f"  throughput {i['events_per_s_core']:,.0f} input events/s per core "
           f"({i['events_out'] / r['stage'] / cores:,.0f} output events/s per core)")
+
+    batches = report.get("batch_rows") or {}
+    if batches:
+        print(f"\nArrow batch size (arrow_batch_rows), stage at {main_case.events:,} events; default "
+              f"{main_case.cfg.arrow_batch_rows}: {r['stage']:.2f}s")
+        for rows, c in sorted(batches.items()):
+            print(f"  {rows:>7,} rows: {c['stage_s']:>8.2f}s = {c['stage_s'] / r['stage']:.2f} × default")
 
     print("\nScaling, default pipeline (cost in core-ns per input event; flat = does not grow)")
     print(f"{'events':>12}{'stage s':>10}{'floor s':>10}{'× floor':>10}{'stage ns/ev':>13}{'floor ns/ev':>13}"
@@ -679,7 +758,8 @@ def print_report(report, main_case, scale_cases, op_cases, skew, core, operator_
               f"{ci['core_ns_per_event']:>13,.0f}{ci['floor_core_ns_per_event']:>13,.0f}{ci['events_per_s_core']:>12,.0f}")
     if len(scale_cases) > 1:
         first, last = scale_cases[0].info, scale_cases[-1].info
-        print(f"  per-event cost, largest ÷ smallest scale: stage {last['core_ns_per_event'] / first['core_ns_per_event']:.2f}, "
+        print(f"  per-event cost, largest ÷ smallest scale: "
+              f"stage {last['core_ns_per_event'] / first['core_ns_per_event']:.2f}, "
               f"floor {last['floor_core_ns_per_event'] / first['floor_core_ns_per_event']:.2f}")
 
     if op_cases:
@@ -694,14 +774,16 @@ def print_report(report, main_case, scale_cases, op_cases, skew, core, operator_
 
     if skew:
         s, u = skew["skewed"], skew["unskewed"]
-        print(f"\nSkew: {skew['events']:,} events, {skew['heavy_users']} users with {skew['heavy_events']:,} events each "
+        print(f"\nSkew: {skew['events']:,} events, {skew['heavy_users']} users with {skew['heavy_events']:,} "
+              f"events each "
               f"vs unskewed data of the same total")
         print(f"{'data':<12}{'stage s':>10}{'floor s':>10}{'× floor':>10}{'task max/median':>17}")
         for label, c in (("skewed", s), ("unskewed", u)):
             tasks = (f"{c['task_max_s']:.2f}/{c['task_median_s']:.2f}s" if "task_max_s" in c else "n/a")
             floor = f"{c['floor_s']:>10.2f}{c['ratio']:>10.2f}" if "floor_s" in c else f"{'—':>10}{'—':>10}"
             print(f"{label:<12}{c['stage_s']:>10.2f}{floor}{tasks:>17}")
-        print(f"  wall time skewed ÷ unskewed: {skew['wall_ratio_skewed_over_unskewed']:.2f}; largest hash partition ÷ median: "
+        print(f"  wall time skewed ÷ unskewed: {skew['wall_ratio_skewed_over_unskewed']:.2f}; "
+              f"largest hash partition ÷ median: "
               f"{skew['partition_events_max_over_median']:.2f} (all events), "
               f"{skew['partition_seen_events_max_over_median']:.2f} (events the augmenters see)")
 

@@ -1,5 +1,5 @@
-"""The ``recaug`` command: ``run`` (the main job), one command per stage, ``experiment``, ``report``,
-``cluster``, ``config``.
+"""The ``recaug`` command: ``run`` (the main job), one command per stage, ``experiment``, ``tune``,
+``report``, ``export``, ``cluster``, ``config``.
 
 The config is resolved and validated completely — including the pseudonymization key — before any
 Spark process starts, so a typo costs milliseconds, not a JVM start.
@@ -56,6 +56,17 @@ def resolve_config(configs: Sequence[str], sets: Sequence[str], **shorthands) ->
 
 
 def _check_before_spark(cfg: Config, stages: Sequence[str]) -> None:
+    from recaug_spark.preflight import check_paths
+    from recaug_spark.sources import ORDER_ONLY_FORMATS
+
+    check_paths(cfg, stages)  # inputs, warehouse, models dir: one line and exit 2, before any JVM
+    if "augment" in stages and cfg.ingest.format in ORDER_ONLY_FORMATS:
+        from recaug_spark.augment.registry import time_based_uses
+
+        uses = time_based_uses(cfg.augment.branches)
+        if uses:  # the augment stage checks the warehouse's mark too (warehouses ingested earlier)
+            raise ConfigError(f"ingest.format {cfg.ingest.format!r} has no real timestamps (order only), but "
+                              f"{'; '.join(uses)}: remove them from augment.branches")
     if "ingest" in stages:
         from recaug_spark.stages.ingest import resolve_pseudonym_key
 
@@ -159,6 +170,21 @@ def experiment_command(experiment_yaml, configs, sets, **shorthands):
     _execute(cfg, ["train"])
 
 
+@main.command("tune")
+@click.argument("tune_yaml", type=click.Path(exists=True, dir_okay=False))
+@config_options
+@click.option("--report", "report", is_flag=True, help="Only render the report from tune_trials (no training).")
+@click.option("--confirm", "confirm_test", is_flag=True,
+              help="Test the written best policy once against the baseline, paired by seed (tune.confirm_seeds).")
+def tune_command(tune_yaml, configs, sets, report, confirm_test, **shorthands):
+    """Search the augmentation policy on the validation split as TUNE_YAML describes (e.g. conf/tune/default.yaml);
+    writes conf/tuned/<name>.yaml and a report (docs/tuning.md). Resumes an interrupted study."""
+    from recaug_spark.tune.runner import tune_command as run
+
+    cfg = resolve_config((*configs, tune_yaml), sets, **shorthands)
+    run(cfg, report=report, confirm_test=confirm_test, echo=click.echo)
+
+
 @main.command("report")
 @click.argument("table", default="augmented_sequences")
 @config_options
@@ -182,6 +208,75 @@ def report_command(table, configs, sets, table_version, catalog, **shorthands):
         click.echo(quality_markdown(quality, f"Data quality of {table} (version {version})"))
     finally:
         spark.stop()
+
+
+def _comma_list(_ctx, _param, value):
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@main.command("export")
+@click.argument("table", default="augmented_sequences")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "lines", "recbole"]), required=True,
+              help="parquet: long form (seq_id, position, item_id, … and provenance); lines: 'seq_id item item …' "
+                   "per line; recbole: a RecBole atomic .inter file.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file (recbole: <name>.inter).")
+@click.option("--warehouse", help="Warehouse folder or URI (default: run.warehouse of the config).")
+@click.option("--config", "configs", multiple=True, type=click.Path(dir_okay=False),
+              help="YAML config layered over conf/base.yaml (only run.warehouse is read).")
+@click.option("--version", "table_version", type=int, help="Table version to read (default: the latest).")
+@click.option("--origins", callback=_comma_list, help="Origins to keep, comma-separated (default: all of the "
+              "table's: real,augmented,synthetic).")
+@click.option("--no-real", is_flag=True, help="Drop the real rows (origin 'real').")
+@click.option("--chains", callback=_comma_list, help="Keep only these operator_chain values, comma-separated.")
+@click.option("--mask", default="drop", show_default=True,
+              help="The mask token in item_ids: drop | keep | map:<token>.")
+@click.option("--min-length", type=int, default=1, show_default=True,
+              help="Drop sequences with fewer items (after mask tokens are dropped).")
+@click.option("--timestamp", type=click.Choice(["position", "event"]), default="position", show_default=True,
+              help="recbole: the timestamp column: position (keeps the exported order) or event time (epoch s).")
+@click.option("--integer-ids", is_flag=True, help="lines: items as integers 1..N (the mask token N+1), for loaders "
+              "that parse int(item); the map is saved as OUT.vocab.json.")
+def export_command(table, fmt, out, warehouse, configs, table_version, origins, no_real, chains, mask, min_length,
+                   timestamp, integer_ids):
+    """Export an augmented sequence TABLE (name or path) to files any trainer reads, without Spark.
+
+    Prints rows read, written and dropped by reason; docs/consuming.md explains the options.
+    """
+    from recaug_spark.delta import resolve_uri
+    from recaug_spark.export import ExportOptions, export_table
+
+    root = warehouse or load_config(configs).run.warehouse
+    options = ExportOptions(fmt, origins=origins, no_real=no_real, mask=mask, min_length=min_length, chains=chains,
+                            version=table_version, timestamp=timestamp, integer_ids=integer_ids)
+    summary = export_table(resolve_uri(table, root), out, options, name=table)
+    click.echo(summary.line())
+    for note in summary.notes():
+        click.echo(note, err=True)
+
+
+@main.command("vacuum")
+@config_options
+@click.option("--retention-hours", type=int, default=None,
+              help="Keep removed files this long (default: the table's delta.deletedFileRetentionDuration, 7 days).")
+@click.option("--orphan-age-minutes", type=float, default=10.0, show_default=True,
+              help="Delete unreferenced files only when older than this (a running writer's files are younger).")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+def vacuum_command(configs, sets, retention_hours, orphan_age_minutes, dry_run, **shorthands):
+    """Delete orphans of crashed writes and expired removed files in every table of the warehouse
+    (no Spark). The versions that the last complete stage records name stay readable."""
+    from recaug_spark.delta import vacuum_table, warehouse_tables
+    from recaug_spark.runs import last_records, stage_records
+
+    cfg = resolve_config(configs, sets, **shorthands)
+    root = cfg.run.warehouse.rstrip("/")
+    pinned: dict[str, set[int]] = {}
+    for record in last_records(stage_records(f"{root}/runs")).values():
+        for table, version in record["tables"].items():
+            pinned.setdefault(table, set()).add(int(version))
+    for uri in warehouse_tables(root):
+        report = vacuum_table(uri, keep_versions=pinned.get(uri.rsplit("/", 1)[-1], ()),
+                              retention_hours=retention_hours, min_age_s=orphan_age_minutes * 60, dry_run=dry_run)
+        click.echo(("[dry run] " if dry_run else "") + report.line())
 
 
 @main.command("augmenters")

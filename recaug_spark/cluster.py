@@ -3,9 +3,14 @@
 The pip package of pyspark has no ``sbin/start-*.sh`` scripts, so the daemons are launched with
 ``$SPARK_HOME/bin/spark-class`` (``SPARK_HOME`` = the installed ``pyspark`` package folder, so the
 daemons always match the pyspark the driver runs), each in its own session so that stopping one
-also stops the executors and Python workers it started. Everything lives in ``cluster.work_dir``::
+also stops the executors and Python workers it started. Everything lives in ``cluster.work_dir``,
+by default an absolute folder of the user's (:func:`default_work_dir`:
+``$RECAUG_CLUSTER_DIR``, else ``$XDG_STATE_HOME/recaug/cluster``, else
+``~/.local/state/recaug/cluster``), so that ``recaug cluster status`` and ``stop`` find the
+cluster from any directory::
 
     <work_dir>/master.pid, worker-1.pid, ...   one PID per daemon
+    <work_dir>/worker-1.port, ...              the port each worker was told to bind (to find it in the master's JSON)
     <work_dir>/logs/master.log, worker-1.log   the daemons' stdout and stderr
     <work_dir>/work/app-*/<executor>/stderr    executors' logs (the workers' --work-dir)
 
@@ -33,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +65,8 @@ class DaemonStatus:
     name: str  # "master", "worker-1", ...
     pid: int | None
     alive: bool
+    state: str | None = None  # the master's view (ALIVE, DEAD, ...) when it answers; None when unknown
+    address: str | None = None  # host:port the daemon serves on, when known
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,20 @@ def webui_url(cfg: ClusterConfig) -> str:
     return f"http://{HOST}:{cfg.master_webui_port}"
 
 
+def default_work_dir() -> Path:
+    """``$RECAUG_CLUSTER_DIR``, else ``$XDG_STATE_HOME/recaug/cluster``, else ``~/.local/state/recaug/cluster``
+    (the XDG base-directory spec's place for state that outlives one command)."""
+    override = os.environ.get("RECAUG_CLUSTER_DIR")
+    if override:
+        return Path(override).expanduser().resolve()
+    state_home = os.environ.get("XDG_STATE_HOME")
+    base = Path(state_home).expanduser() if state_home else Path.home() / ".local" / "state"
+    return (base / "recaug" / "cluster").resolve()
+
+
 def work_dir(cfg: ClusterConfig) -> Path:
-    return Path(cfg.work_dir).expanduser().resolve()
+    """``cluster.work_dir`` made absolute (a relative one is relative to the current folder), or the default."""
+    return Path(cfg.work_dir).expanduser().resolve() if cfg.work_dir else default_work_dir()
 
 
 def log_dir(cfg: ClusterConfig) -> Path:
@@ -159,6 +178,10 @@ def master_json(cfg: ClusterConfig, timeout_s: float = 2.0) -> dict | None:
 
 def _pid_file(cfg: ClusterConfig, name: str) -> Path:
     return work_dir(cfg) / f"{name}.pid"
+
+
+def _port_file(cfg: ClusterConfig, name: str) -> Path:
+    return work_dir(cfg) / f"{name}.port"
 
 
 def _worker_names(cfg: ClusterConfig) -> list[str]:
@@ -308,6 +331,7 @@ def _stop_group(cfg: ClusterConfig, names: list[str], timeout_s: float) -> list[
         results.append(StoppedDaemon(name, pid, "killed" if pid in stubborn else "terminated"))
     for name in names:
         _pid_file(cfg, name).unlink(missing_ok=True)
+        _port_file(cfg, name).unlink(missing_ok=True)
     return results
 
 
@@ -327,12 +351,25 @@ def cluster_status(cfg: ClusterConfig) -> ClusterStatus:
     state = master_json(cfg) if master.alive else None
     if state is None:
         return ClusterStatus(master_url(cfg), webui_url(cfg), str(work_dir(cfg)), master, workers, reachable=False)
+    master = replace(master, state=state.get("status"), address=f"{HOST}:{cfg.master_port}")
+    workers = tuple(_with_master_view(cfg, w, state.get("workers", [])) for w in workers)
     alive = sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
     return ClusterStatus(
         master_url(cfg), webui_url(cfg), str(work_dir(cfg)), master, workers, reachable=True,
         alive_workers=alive, master_state=state.get("status"),
         active_apps=len(state.get("activeapps", [])), completed_apps=len(state.get("completedapps", [])),
     )
+
+
+def _with_master_view(cfg: ClusterConfig, worker: DaemonStatus, registered: list[dict]) -> DaemonStatus:
+    """``worker`` with the state the master reports for it, found by the port it was started on (an ALIVE
+    registration wins over older DEAD ones of the same port)."""
+    port = _read_pid(_port_file(cfg, worker.name))  # same format: one integer per file
+    if port is None:
+        return worker
+    entries = [w for w in registered if w.get("port") == port and w.get("host") in (HOST, "localhost")]
+    entries.sort(key=lambda w: w.get("state") == "ALIVE")
+    return replace(worker, state=entries[-1].get("state") if entries else "NOT REGISTERED", address=f"{HOST}:{port}")
 
 
 def start_cluster(cfg: ClusterConfig) -> ClusterStatus:
@@ -363,6 +400,7 @@ def start_cluster(cfg: ClusterConfig) -> ClusterStatus:
         )
     for daemon in (current.master, *current.workers):  # stale PID files of dead daemons
         _pid_file(cfg, daemon.name).unlink(missing_ok=True)
+        _port_file(cfg, daemon.name).unlink(missing_ok=True)
     for key, port in (("cluster.master_port", cfg.master_port), ("cluster.master_webui_port", cfg.master_webui_port)):
         if _port_in_use(port):
             raise ClusterError(f"{key}: port {port} on {HOST} is already in use; choose another port")
@@ -377,7 +415,9 @@ def start_cluster(cfg: ClusterConfig) -> ClusterStatus:
         _wait_until(cfg, deadline, ["master"], lambda state: state.get("status") == "ALIVE", "the master to answer")
         names = [f"worker-{i}" for i in range(1, cfg.workers + 1)]
         for name in names:
-            _launch(cfg, name, [WORKER_CLASS, master_url(cfg), "--host", HOST,
+            port = free_port()
+            _port_file(cfg, name).write_text(f"{port}\n")
+            _launch(cfg, name, [WORKER_CLASS, master_url(cfg), "--host", HOST, "--port", str(port),
                                 "--cores", str(cfg.cores_per_worker), "--memory", cfg.memory_per_worker,
                                 "--work-dir", str(root / "work"), "--webui-port", "0"], env)
         _wait_until(
@@ -436,8 +476,13 @@ def format_status(status: ClusterStatus) -> str:
             return "not started"
         return f"pid {daemon.pid} {'running' if daemon.alive else 'NOT RUNNING (stale PID file)'}"
 
+    def view(worker: DaemonStatus) -> str:
+        if worker.state is None:
+            return ""
+        return f"  {worker.address}  master says {worker.state}"
+
     lines = [f"master    {status.master_url}  {state(status.master)}  web UI {status.webui_url}"]
-    lines += [f"{w.name:<9} {state(w)}" for w in status.workers] or ["workers   none started"]
+    lines += [f"{w.name:<9} {state(w)}{view(w)}" for w in status.workers] or ["workers   none started"]
     if status.reachable:
         lines.append(
             f"master reports: {status.master_state}, {status.alive_workers} worker(s) ALIVE, "

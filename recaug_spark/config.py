@@ -35,7 +35,7 @@ class RunConfig(_Section):
     seed: int = 42
     warehouse: str = "./warehouse"
     run_id: str | None = None  # default: a fresh id per run; pass one to make a retry idempotent
-    models: str | None = None  # generator artifacts (recaug fit); default: "models" beside the warehouse folder
+    models: str | None = None  # generator artifacts (recaug fit); default: the warehouse's own "models" folder
 
 
 class SparkConfig(_Section):
@@ -62,7 +62,9 @@ class ClusterConfig(_Section):
     other ports to run two clusters side by side (tests use free ones).
     """
 
-    work_dir: str = "./.recaug/cluster"
+    # None: $RECAUG_CLUSTER_DIR, else $XDG_STATE_HOME/recaug/cluster, else ~/.local/state/recaug/cluster
+    # (absolute, so `recaug cluster status|stop` find the cluster from any directory; see cluster.py)
+    work_dir: str | None = None
     master_port: int = Field(7077, ge=1, le=65535)
     master_webui_port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1)
@@ -178,7 +180,10 @@ class IngestConfig(_Section):
     items_columns: dict[str, str] = Field(default_factory=dict)
     csv_separator: str = ","
     csv_header: bool = True
-    timestamp_format: str | None = None  # Spark datetime pattern, "epoch_seconds" or "epoch_millis"; None = ISO-8601
+    # Spark datetime pattern(s), "epoch_seconds" or "epoch_millis", tried in order; ISO-8601 and the
+    # format's native spellings (online-retail: M/d/yyyy H:mm) are always accepted too.
+    timestamp_format: str | list[str] | None = None
+    encoding: str | None = None  # text files' encoding (e.g. latin-1, utf-16); None = UTF-8 (a BOM decides)
     default_event_type: str = "purchase"
     allow_zero_price: bool = False
     max_future_seconds: int = Field(86_400, ge=0)
@@ -204,6 +209,18 @@ class IngestConfig(_Section):
 
         if value not in EVENT_TYPES:
             raise ValueError(f"unknown event type {value!r}; allowed: {list(EVENT_TYPES)}")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        import codecs
+
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
         return value
 
     @field_validator("min_timestamp")
@@ -338,7 +355,7 @@ class ItemAugmentConfig(_Section):
 class AugmentConfig(_Section):
     enabled: bool = True
     partitions: int = Field(8, ge=1)  # sequences are hash-partitioned by user id into this many
-    arrow_batch_rows: int = Field(2_048, ge=16)  # sequences per Arrow batch handed to augmenters
+    arrow_batch_rows: int = Field(8_192, ge=16)  # sequences per Arrow batch handed to augmenters (docs/benchmarks.md)
     # Heavy users: augmenters see only the most recent N training events of a sequence (its real
     # row is kept whole), so a user with 10^5 events costs no more than one with N.
     max_input_events: int = Field(200, ge=1)
@@ -528,6 +545,144 @@ class TrainStageConfig(TrainConfig):
         return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.model_fields})
 
 
+# ---------------------------------------------------------------- tune (policy search)
+
+class ParamRange(_Section):
+    """A searched value (``recaug tune``): ``choices`` (categorical), or ``low``..``high`` (integers when
+    both bounds are integers; ``log`` scale; ``step`` a grid)."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ParamRange":
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is None) == (not ranged):
+            raise ValueError("give either choices: [...] or low and high")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices must name at least one value")
+        if ranged and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError(f"low and high must both be given with low <= high (got {self.low}, {self.high})")
+        if self.log and ranged and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+SearchValue = ParamRange | bool | int | float | str | None  # a constant, or a ParamRange mapping
+
+
+class TuneChainConfig(_Section):
+    """A candidate branch of the policy search: an operator chain whose parameters, copies and
+    targeting are constants or ranges (``ParamRange``)."""
+
+    chain: str
+    params: dict[str, dict[str, SearchValue]] = Field(default_factory=dict)  # operator -> parameter -> value
+    copies: SearchValue = 1
+    max_length: SearchValue = None
+    cold_start_days: SearchValue = None
+    long_tail_share: SearchValue = None
+
+    @property
+    def operators(self) -> list[str]:
+        return [name.strip() for name in self.chain.split(">") if name.strip()]
+
+    @property
+    def name(self) -> str:
+        """The chain as ``augmented_sequences.operator_chain`` spells it (``crop>mask``)."""
+        return ">".join(self.operators)
+
+    @model_validator(mode="after")
+    def _known_operators(self) -> "TuneChainConfig":
+        from recaug_spark.augment.registry import build
+
+        if not self.operators:
+            raise ValueError("chain is empty; write operator names joined by '>', e.g. 'crop > mask'")
+        unused = sorted(set(self.params) - set(self.operators))
+        if unused:
+            raise ValueError(f"params given for {unused}, which are not in the chain {self.operators}")
+        for name in self.operators:
+            fields = set(type(build(name, None)).Params.model_fields)  # unknown operators fail here
+            unknown = sorted(set(self.params.get(name, {})) - fields)
+            if unknown:
+                raise ValueError(f"operator {name!r} has no parameter(s) {unknown}; it has {sorted(fields)}")
+        return self
+
+
+class TuneSpaceConfig(_Section):
+    """What ``recaug tune`` searches: which candidate chains are on (at most ``max_chains``; none at
+    all is the real-only policy when ``include_none``), their parameters, and how the rows are
+    consumed (``consume`` modes with their own settings, as in ``VariantConfig``)."""
+
+    chains: tuple[TuneChainConfig, ...] = (
+        TuneChainConfig(chain="crop", params={"crop": {"eta": ParamRange(low=0.3, high=0.9)}}),
+        TuneChainConfig(chain="mask", params={"mask": {"gamma": ParamRange(low=0.1, high=0.5)}}),
+        TuneChainConfig(chain="reorder", params={"reorder": {"beta": ParamRange(low=0.1, high=0.5)}}),
+    )
+    max_chains: int = Field(2, ge=1)
+    include_none: bool = True  # the real-only policy is a point of the space: augmentation may not help
+    consume: tuple[Literal["rows", "weighted", "contrastive", "pretrain"], ...] = ("rows", "weighted")
+    weight: SearchValue = ParamRange(low=0.1, high=1.0, log=True)  # weighted
+    contrastive_weight: SearchValue = ParamRange(low=0.02, high=0.5, log=True)  # contrastive
+    temperature: SearchValue = 0.5  # contrastive
+    pretrain_epochs: SearchValue = ParamRange(choices=(2, 5))  # pretrain
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "TuneSpaceConfig":
+        names = [c.name for c in self.chains]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"candidate chains must be distinct and at least one, got {names}")
+        if not self.consume or len(set(self.consume)) != len(self.consume):
+            raise ValueError(f"consume must list distinct modes, got {list(self.consume)}")
+        return self
+
+
+class TuneBudgetConfig(_Section):
+    """How much the search may train: proxy trials (fewer epochs, a share of the users), ranked and
+    pruned on validation; the best ``rerun_top`` re-run with the full budget."""
+
+    n_trials: int = Field(12, ge=1)  # finished (complete or pruned) trials the study ends with
+    proxy_epochs: int = Field(5, ge=1)
+    proxy_user_share: float = Field(1.0, gt=0, le=1)  # users sampled (by a hash of user_id) for proxy trials
+    full_epochs: int | None = Field(None, ge=1)  # None: train.epochs
+    rerun_top: int = Field(3, ge=0)  # best proxy trials re-run with the full budget (rank correlation)
+    n_jobs: int = Field(1, ge=1)  # trials at once, each worker a process on the study's storage
+    pruner: Literal["median", "successive_halving", "none"] = "median"
+    warmup_epochs: int = Field(2, ge=0)  # epochs before a trial may be pruned (median pruner)
+    startup_trials: int = Field(3, ge=0)  # random trials before TPE and pruning start
+
+
+class TuneConfig(_Section):
+    """``recaug tune``: the augmentation-policy search on the validation split (docs/tuning.md)."""
+
+    name: str = "default"  # the study: its folder, its rows in tune_trials, conf/tuned/<name>.yaml
+    dir: str | None = None  # storage, runs and report; default <run.warehouse>/tune/<name>
+    output: str | None = None  # the best policy's config layer; default conf/tuned/<name>.yaml
+    sampler_seed: int = 0
+    train_seed: int = 1  # every trial trains with this seed (the same initial weights)
+    space: TuneSpaceConfig = TuneSpaceConfig()
+    budget: TuneBudgetConfig = TuneBudgetConfig()
+    confirm_seeds: tuple[int, ...] = (1, 2, 3)  # test confirmation, paired by seed against the baseline
+
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", value):
+            raise ValueError("must be letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("confirm_seeds")
+    @classmethod
+    def _three_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) < 3:
+            raise ValueError(f"the confirmation needs at least 3 distinct seeds, got {list(value)}")
+        return value
+
+
 # ---------------------------------------------------------------- fit (generator models)
 
 GENERATORS = ("reverse_transformer", "forward_transformer", "item_attributes", "description_index")
@@ -569,6 +724,7 @@ class Config(_Section):
     fit: FitConfig = FitConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainStageConfig = TrainStageConfig()
+    tune: TuneConfig = TuneConfig()  # recaug tune (docs/tuning.md)
     pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")

@@ -9,10 +9,11 @@ heavy dependencies load only when it runs.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Callable
 
 from recaug_spark.config import STAGES, Config
-from recaug_spark.runs import RunContext, StageResult, timed
+from recaug_spark.runs import RunContext, StageResult, check_run_config, stage_records, timed
 
 
 def stage_function(stage: str) -> Callable[[RunContext], StageResult]:
@@ -36,12 +37,19 @@ def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
 
 
 def run_stages(ctx: RunContext, stages: list[str], echo: Callable[[str], None] = print) -> list[StageResult]:
+    """Run ``stages`` in order. Refuses a run id that already ran under another config
+    (:func:`check_run_config`); stops, writing nothing more, when a concurrent run with the same run
+    id committed a stage first (the other run finishes the job: this is not a failure)."""
+    check_run_config(stage_records(ctx.warehouse.uri("runs")), ctx.run_id, ctx.cfg.hash)
     results = []
     for stage in stages:
         echo(f"[{stage}] running (run {ctx.run_id})")
         result = timed(stage_function(stage), ctx)
         echo(result.progress_line())
         results.append(result)
+        if result.concurrent:
+            echo(f"run {ctx.run_id}: already committed by a concurrent run with the same run id; stopping here")
+            break
     return results
 
 
@@ -61,6 +69,10 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]
         if "augmentation_factor_x1000" in result.counts:
             lines.append(f"  augmentation factor (all rows / real rows) {result.counts['augmentation_factor_x1000'] / 1000:.2f}")
+        if result.counts.get("users_capped"):
+            lines.append(f"  {result.counts['users_capped']:,} users have more events than clean.max_sequence_length "
+                         f"({ctx.cfg.clean.max_sequence_length}): their {result.counts['events_beyond_cap']:,} oldest "
+                         "stay in `events` but not in their sequences (held-out targets are the last events either way)")
         if result.stage == "fit":
             lines += _fit_summary(ctx, result)
         if result.stage == "train" and not result.skipped:
@@ -103,8 +115,23 @@ def _train_summary(ctx: RunContext, result: StageResult) -> list[str]:
             mean = counts.get(count_key(variant, metric), 0) / 10_000
             ci = counts.get(count_key(variant, metric, "_ci"))
             cells.append(f"{mean:.4f} ± {ci / 10_000:.4f}" if ci is not None else f"{mean:.4f}")
-        mean = counts.get(count_key(variant, "ndcg@10"), 0)
-        change = "" if variant == "baseline" or not base else f"   NDCG@10 {(mean - base) / base:+.1%} vs baseline"
-        lines.append(f"  {variant:<20} {cells[0]}   {cells[1]}   steps {counts.get(f'steps.{variant}', 0):,}{change}")
+        lines.append(f"  {variant:<20} {cells[0]}   {cells[1]}   steps {counts.get(f'steps.{variant}', 0):,}")
+    lines += [f"  {_verdict_from_counts(counts, variant, base)}" for variant in variants
+              if variant != "baseline" and base]
     lines.append(f"  report: {report_dir(ctx) / 'report.md'}")
     return lines
+
+
+def _verdict_from_counts(counts: dict, variant: str, base: int) -> str:
+    """``experiment.verdict`` on test NDCG@10, rebuilt from the train stage's integer counts."""
+    from recaug_spark.stages.train import count_key
+    from recaug_spark.train.experiment import Comparison, verdict
+
+    def figure(suffix: str) -> float:
+        value = counts.get(count_key(variant, "ndcg@10", suffix))
+        return math.nan if value is None else value / 10_000
+
+    mean = figure("")
+    comparison = Comparison(variant, "ndcg@10", mean, figure("_ci"), int(counts.get("seeds", 0)),
+                            (mean - base / 10_000) / (base / 10_000), figure("_rel_low"), figure("_rel_high"))
+    return verdict(comparison)

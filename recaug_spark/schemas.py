@@ -49,6 +49,8 @@ QUARANTINE = T.StructType([
     T.StructField("source", T.StringType(), True),
     T.StructField("raw", T.StringType(), True),
     T.StructField("reason", T.StringType(), False),
+    T.StructField("row_number", T.LongType(), True),  # logical record in the source file (header = 1)
+    T.StructField("byte_offset", T.LongType(), True),  # where the record starts in the (decompressed) file
 ])
 
 RUNS = T.StructType([

@@ -55,6 +55,51 @@ def session_builder(cfg: SparkConfig) -> SparkSession.Builder:
 
 
 def get_session(cfg: SparkConfig) -> SparkSession:
+    """The process's SparkSession, built from ``cfg``; a session whose SparkContext was stopped or
+    whose JVM died is discarded first, so that a crash in one job never leaves the process
+    (a notebook, a later stage) stuck with a dead session."""
+    discard_dead_session()
     spark = session_builder(cfg).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def session_is_alive(spark: SparkSession) -> bool:
+    """False when the session's SparkContext is stopped or its JVM cannot be reached."""
+    try:
+        return not spark.sparkContext._jsc.sc().isStopped()
+    except Exception:  # Py4JError / Py4JNetworkError: the gateway (the JVM) is gone
+        return False
+
+
+def discard_dead_session() -> bool:
+    """Forget the active session when it is dead, so that ``getOrCreate`` builds a new one.
+
+    ``getOrCreate`` alone hands back a stopped session (and, when the JVM died, a gateway that no
+    longer answers). Returns True when a dead session was discarded.
+    """
+    from pyspark import SparkContext
+
+    spark = SparkSession.getActiveSession() or SparkSession._instantiatedSession
+    context = SparkContext._active_spark_context
+    if spark is None and context is None:
+        return False
+    if spark is not None and session_is_alive(spark):
+        return False
+    gateway_alive = True
+    try:
+        SparkContext._jvm.java.lang.System.currentTimeMillis()
+    except Exception:
+        gateway_alive = False
+    if gateway_alive and context is not None:
+        try:
+            context.stop()
+        except Exception:  # already stopped on the JVM side
+            pass
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+    SparkContext._active_spark_context = None
+    if not gateway_alive:  # the next context launches a new JVM
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    return True

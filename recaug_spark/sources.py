@@ -45,6 +45,7 @@ Example::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -53,12 +54,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recaug_spark.config import IngestConfig
+from recaug_spark.parsing import refusal_message
 from recaug_spark.schemas import RAW_EVENT_FIELDS, RAW_ITEM_FIELDS
+from recaug_spark.text_reader import TextSpec, first_record_fields, json_keys, list_files, read_text
 
 SOURCE = "_source"
 RAW = "_raw"
 UNPARSABLE = "_unparsable"
-MARKER_COLUMNS = (SOURCE, RAW, UNPARSABLE)
+REASON = "_reason"  # a reason found while reading (encoding, unparsable_line, duplicate_key, wrong_type) or null
+ROW = "_row"  # logical record number in its file (header = 1), null where the source has none
+OFFSET = "_offset"  # byte offset of the record in its (decompressed) file, null where not known
+MARKER_COLUMNS = (SOURCE, RAW, UNPARSABLE, REASON, ROW, OFFSET)
 ADAPTER_EVENT_COLUMNS = RAW_EVENT_FIELDS + MARKER_COLUMNS
 ADAPTER_ITEM_COLUMNS = RAW_ITEM_FIELDS + MARKER_COLUMNS
 
@@ -73,10 +79,8 @@ REQUIRED_EVENT_FIELDS = ("user_id", "item_id", "ts")
 REQUIRED_ITEM_FIELDS = ("item_id",)
 
 ISO_PATTERN = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'"
+ONLINE_RETAIL_TIME_FORMATS = ("M/d/yyyy H:mm", "M/d/yyyy H:mm:ss")  # the UCI file's own spelling
 EPOCH_FORMATS = ("epoch_seconds", "epoch_millis")
-_CORRUPT = "_corrupt_record"
-_OVERFLOW = "_line_overflow"
-_NO_SEPARATOR = "\x01"  # reading a CSV file with this separator and no quoting yields whole lines
 
 ONLINE_RETAIL_COLUMNS = (
     "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
@@ -85,12 +89,46 @@ DIGINETICA_COLUMNS = ("session_id", "user_id", "item_id", "timeframe", "eventdat
 # The 5-core files carry no timestamps: the item at position p (0 = oldest) of a user's line gets
 # 2000-01-01T00:00:00Z + p seconds, which keeps each user's order and nothing else.
 AMAZON_5CORE_EPOCH = 946_684_800  # 2000-01-01T00:00:00Z in Unix seconds
+# Sources whose timestamps carry order only (fabricated as above): ingest marks their events_raw
+# commit with ORDER_ONLY_KEY = "true", and the augment stage refuses operators and targeting that
+# read time on them (cold-start days, time and session operators would act on fabricated time).
+ORDER_ONLY_FORMATS = frozenset({"amazon-5core"})
+ORDER_ONLY_KEY = "recaug.order_only"
 ANONYMOUS_SESSION_PREFIX = "session:"
 _MAX_SESSION_MILLIS = 10**11  # ~3 years: a larger DIGINETICA timeframe is a bad timestamp
 
 
 class SourceError(ValueError):
     """A source that cannot be read as configured; the message names the key to change."""
+
+
+@contextmanager
+def source_errors():
+    """Turn a file refusal raised while reading (on the driver or inside a Spark task) into one
+    :class:`SourceError` that names the file and what to do, instead of a Py4J trace."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as error:  # a FileRefusal, or the Spark exception wrapping one from a task
+        message = refusal_message(str(error))
+        if message is None:
+            message = _corrupt_file_message(error)
+        if message is None:
+            raise
+        raise SourceError(message) from None
+
+
+def _corrupt_file_message(error: Exception) -> str | None:
+    """A readable message for Spark's own errors on files that are not what they claim to be."""
+    text = str(error)
+    for marker, what in (("is not a Parquet file", "not a Parquet file (or truncated)"),
+                         ("PATH_NOT_FOUND", "no such file or folder"),
+                         ("FAILED_READ_FILE", "a file cannot be read (truncated or corrupt)")):
+        if marker in text:
+            first = next((line for line in text.splitlines() if marker in line), text.splitlines()[0])
+            return f"{what}: {first.strip()[:500]}; check the path and ingest.format, nothing was written"
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,12 +174,15 @@ def read_sources(
     if fmt in GENERIC_FORMATS:
         return tabular_sources(spark, cfg, warehouse)
     if fmt == "online-retail":
-        return online_retail_rows(read_csv(spark, cfg.events, header=True, columns=ONLINE_RETAIL_COLUMNS))
+        return online_retail_rows(read_csv(spark, cfg.events, header=True, columns=ONLINE_RETAIL_COLUMNS,
+                                           encoding=cfg.encoding))
     if fmt == "amazon-5core":
-        lines = spark.read.text(cfg.events).select(F.col("value"), F.col("_metadata.file_name").alias(SOURCE))
+        files = _files(spark, cfg.events)
+        lines = read_text(spark, cfg.events, TextSpec(kind="lines", encoding=cfg.encoding), files)
         return amazon_5core_rows(lines, event_type=cfg.default_event_type)
     if fmt == "diginetica":
-        return diginetica_rows(read_csv(spark, cfg.events, sep=";", header=True, columns=DIGINETICA_COLUMNS))
+        return diginetica_rows(read_csv(spark, cfg.events, sep=";", header=True, columns=DIGINETICA_COLUMNS,
+                                        encoding=cfg.encoding), timestamp_formats(cfg))
     raise SourceError(f"unknown ingest.format {fmt!r}")  # unreachable: the config validates it
 
 
@@ -173,7 +214,7 @@ def tabular_sources(spark: SparkSession, cfg: IngestConfig, warehouse=None) -> R
     events_frame, events_source = read_tabular(spark, cfg, cfg.events, warehouse)
     events = map_columns(
         events_frame, cfg.events_columns, RAW_EVENT_FIELDS, source=events_source,
-        timestamp_format=cfg.timestamp_format, what="ingest.events_columns",
+        timestamp_formats=timestamp_formats(cfg), what="ingest.events_columns",
     )
     if cfg.items:
         items_frame, items_source = read_tabular(spark, cfg, cfg.items, warehouse)
@@ -190,20 +231,16 @@ def tabular_sources(spark: SparkSession, cfg: IngestConfig, warehouse=None) -> R
 
 
 def read_tabular(spark: SparkSession, cfg: IngestConfig, path: str, warehouse=None) -> tuple[DataFrame, Column]:
-    """Read one generic source; returns the frame (source columns + ``_raw``/``_unparsable``)
-    and the expression that names each row's source."""
+    """Read one generic source; returns the frame (source columns + markers) and the expression
+    that names each row's source."""
     fmt = cfg.format
     if fmt == "csv":
-        df = read_csv(spark, path, sep=cfg.csv_separator, header=cfg.csv_header)
+        df = read_csv(spark, path, sep=cfg.csv_separator, header=cfg.csv_header, encoding=cfg.encoding)
         return df, F.col(SOURCE)
     if fmt == "json":
-        reader = (spark.read.option("primitivesAsString", True).option("mode", "PERMISSIVE")
-                  .option("columnNameOfCorruptRecord", _CORRUPT))
-        df = reader.json(path)
-        return _with_markers(df, F.col("_metadata.file_name")), F.col(SOURCE)
+        return read_json(spark, path, json_kinds(cfg), encoding=cfg.encoding), F.col(SOURCE)
     if fmt == "parquet":
-        df = spark.read.parquet(path)
-        return _with_markers(df, F.col("_metadata.file_name")), F.col(SOURCE)
+        return read_parquet(spark, path), F.col(SOURCE)
     if fmt == "delta":
         if warehouse is not None:
             df = warehouse.read(path)
@@ -215,70 +252,131 @@ def read_tabular(spark: SparkSession, cfg: IngestConfig, path: str, warehouse=No
     raise SourceError(f"ingest.format {fmt!r} is not a generic tabular format {GENERIC_FORMATS}")
 
 
+_ID_FIELDS = ("user_id", "item_id", "session_id", "order_id", "ts")
+_NUMBER_FIELDS = ("quantity", "price")
+
+
+def json_kinds(cfg: IngestConfig) -> dict[str, str]:
+    """What each mapped JSON key must hold: ``id`` (string or number), ``number``; the rest ``any``."""
+    kinds: dict[str, str] = {}
+    for mapping in (cfg.items_columns, cfg.events_columns):
+        for name in RAW_EVENT_FIELDS + RAW_ITEM_FIELDS:
+            column = mapping.get(name, name)
+            if name in _NUMBER_FIELDS:
+                kinds[column] = "number"
+            elif name in _ID_FIELDS:
+                kinds[column] = "id"
+    return kinds
+
+
+def _files(spark: SparkSession, path: str) -> list[str]:
+    with source_errors():
+        files = list_files(spark, path)
+    if not files:
+        raise SourceError(f"{path}: no files there (hidden and _-prefixed files are skipped); check ingest.events")
+    return files
+
+
+def read_json(spark: SparkSession, path: str, kinds: Mapping[str, str] | None = None, *,
+              encoding: str | None = None) -> DataFrame:
+    """JSON lines (one object per line) as string columns (the keys of the first file's first
+    objects) plus the markers. A number keeps the text it was written with; objects and arrays
+    become JSON. A line that is not a JSON object is ``unparsable_line``, a repeated key
+    ``duplicate_key``, an object/array/boolean where an id is expected or a string where a number
+    is, ``wrong_type`` (``kinds``: source key → id / number)."""
+    files = _files(spark, path)
+    with source_errors():
+        columns = tuple(json_keys(files[0], encoding))
+    kinds = kinds or {}
+    spec = TextSpec(kind="json", columns=columns, kinds=tuple(kinds.get(c, "any") for c in columns),
+                    encoding=encoding)
+    return _marked(read_text(spark, path, spec, files), columns)
+
+
+def read_parquet(spark: SparkSession, path: str) -> DataFrame:
+    """Parquet files, each checked first (a truncated file or one that is not Parquet is refused);
+    string values that are not valid UTF-8 get the reason ``encoding`` (their raw text in hex)."""
+    files = _files(spark, path)
+    with source_errors():
+        for uri in files:
+            _check_parquet(uri)
+        df = spark.read.parquet(path)
+    row = F.col("_metadata.row_index") + 1
+    return _with_markers(df, F.col("_metadata.file_name"), row=row)
+
+
+def _check_parquet(uri: str) -> None:
+    import pyarrow.parquet as pq
+
+    from recaug_spark.parsing import FileRefusal
+    from recaug_spark.text_reader import file_name, open_uri
+
+    try:
+        with open_uri(uri) as stream:
+            pq.read_metadata(stream)
+    except Exception as error:  # ArrowInvalid / OSError: not Parquet, truncated, empty
+        raise FileRefusal(file_name(uri), f"not a readable Parquet file ({str(error).splitlines()[0]}); "
+                                          f"re-export it or remove it, nothing was written") from None
+
+
 def read_csv(
     spark: SparkSession, path: str, *, sep: str = ",", header: bool = True, columns: Sequence[str] | None = None,
+    encoding: str | None = None,
 ) -> DataFrame:
-    """Read CSV as string columns plus ``_source``, ``_raw`` (the verbatim line), ``_unparsable``.
+    """Read CSV (RFC 4180) as string columns plus the markers (:data:`MARKER_COLUMNS`).
 
-    Nothing is dropped: a line with the wrong number of fields or a broken quote keeps its partial
-    fields and gets ``_unparsable`` set. Each line is read whole first and then split with
-    ``from_csv``, so that flag is exact whichever columns a later query reads (Spark's CSV reader
-    only notices a short line when the query reads its missing columns). Quotes follow RFC 4180
-    (``"a ""quoted"" word"``); blank lines are skipped; a record cannot span lines.
+    Nothing is dropped: a record with the wrong number of fields or a broken quote keeps its
+    partial fields and gets ``_unparsable`` (reason ``unparsable_line``); a record with invalid
+    UTF-8 or a NUL byte gets reason ``encoding``. Quoted fields may hold the separator, doubled
+    quotes and line breaks; blank lines are skipped; ``_raw`` is the record exactly as written.
 
-    ``columns`` fixes the expected header (a first file whose header differs raises
-    :class:`SourceError`; Spark logs a warning for any other file whose header differs); by
-    default the names come from the first file's header (``_c0``, ``_c1``, ... without one).
+    ``columns`` names the columns to read, matched by name in every file's header (order and
+    extra columns are free; a file lacking one raises :class:`SourceError` naming it); by
+    default the first file's header (``_c0``, ``_c1``, ... without one).
     """
-    found = _csv_reader(spark, sep).option("header", header).csv(path).columns
-    if columns is None:
-        columns = found
-    elif header and list(found) != list(columns):
-        raise SourceError(f"{path}: expected the header {list(columns)} but the first file has {found}")
-    whole = spark.read.option("sep", _NO_SEPARATOR).option("quote", "")
-    # Name the line column after the header line, so Spark's per-file header check stays quiet
-    # unless a file's header really differs.
-    line_name = whole.option("header", True).csv(path).columns[0] if header else "line"
-    line_schema = T.StructType([T.StructField(line_name, T.StringType()), T.StructField(_OVERFLOW, T.StringType())])
-    lines = (
-        whole.schema(line_schema).option("header", header).option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", _OVERFLOW).csv(path)
-    )
-    line = F.coalesce(F.col(_OVERFLOW), _col(line_name))  # a line holding the separator character overflows
-    fields = T.StructType(
-        [T.StructField(f"_c{i}", T.StringType()) for i in range(len(columns))]
-        + [T.StructField(_CORRUPT, T.StringType())]
-    )
-    options = {"sep": sep, "quote": '"', "escape": '"', "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}
-    # inline(array(...)) makes the parsed fields a generator's output: a later filter on them cannot
-    # be pushed below the parse and made to parse every line again (as it is through a projection).
-    parsed = lines.select(line.alias(RAW), F.col("_metadata.file_name").alias(SOURCE)).select(
-        F.col(RAW), F.col(SOURCE), F.inline(F.array(F.from_csv(F.col(RAW), _ddl(fields), options))),
-    )
-    return parsed.select(
-        *[F.col(f"_c{i}").alias(name) for i, name in enumerate(columns)],
-        F.col(SOURCE), F.col(RAW), F.col(_CORRUPT).isNotNull().alias(UNPARSABLE),
-    )
+    files = _files(spark, path)
+    probe = TextSpec(kind="csv", sep=sep, encoding=encoding)
+    with source_errors():
+        first = first_record_fields(files[0], probe)
+        if columns is None:
+            names = [c for c in first if c.strip()] if header else [f"_c{i}" for i in range(len(first))]
+            columns = list(dict.fromkeys(names))
+        elif header:
+            from recaug_spark.parsing import header_index
+            from recaug_spark.text_reader import file_name
+
+            header_index(first, columns, file_name(files[0]))
+    spec = TextSpec(kind="csv", columns=tuple(columns), sep=sep, header=header, encoding=encoding)
+    return _marked(read_text(spark, path, spec, files), columns)
 
 
-def _csv_reader(spark: SparkSession, sep: str):
-    return spark.read.option("sep", sep).option("quote", '"').option("escape", '"')
+def _marked(df: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """The text reader's frame with ``_unparsable`` (any reading reason) in the marker order."""
+    return df.select(*[_col(c) for c in columns], F.col(SOURCE), F.col(RAW),
+                     F.col(REASON).isNotNull().alias(UNPARSABLE), F.col(REASON), F.col(ROW), F.col(OFFSET))
 
 
-def _ddl(schema: T.StructType) -> str:
-    return ", ".join(f"`{f.name}` STRING" for f in schema.fields)
+def _with_markers(df: DataFrame, source: Column, *, row: Column | None = None) -> DataFrame:
+    """Add the markers to a typed frame: ``_raw`` = JSON of the row; reason ``encoding`` when a
+    string value is not valid UTF-8 (its value then shown as ``0x<hex>`` in ``_raw``)."""
+    columns = list(df.columns)
+    strings = [c for c in columns if isinstance(df.schema[c].dataType, T.StringType)]
+    valid = [F.coalesce(F.is_valid_utf8(_col(c)), F.lit(True)) for c in strings]
+    all_valid = F.lit(True)
+    for v in valid:
+        all_valid = all_valid & v
+    shown = [F.when(v, _col(c)).otherwise(F.concat(F.lit("0x"), F.hex(_col(c)))).alias(c) if c in strings
+             else _col(c) for c, v in zip(columns, _spread(columns, strings, valid))]
+    row_json = F.to_json(F.struct(*shown)) if columns else F.lit(None).cast("string")
+    reason = F.when(~all_valid, F.lit("encoding")).cast("string")
+    return df.select(*[_col(c) for c in columns], source.alias(SOURCE), row_json.alias(RAW), (~all_valid).alias(
+        UNPARSABLE), reason.alias(REASON), (row if row is not None else F.lit(None)).cast("long").alias(ROW),
+        F.lit(None).cast("long").alias(OFFSET))
 
 
-def _with_markers(df: DataFrame, source: Column) -> DataFrame:
-    """Add ``_source``, ``_raw`` (verbatim corrupt record, else JSON of the row) and ``_unparsable``."""
-    columns = [c for c in df.columns if c != _CORRUPT]
-    row_json = F.to_json(F.struct(*[_col(c) for c in columns])) if columns else F.lit(None).cast("string")
-    if _CORRUPT in df.columns:
-        corrupt = F.col(_CORRUPT)
-        raw, unparsable = F.coalesce(corrupt, row_json), corrupt.isNotNull()
-    else:
-        raw, unparsable = row_json, F.lit(False)
-    return df.select(*[_col(c) for c in columns], source.alias(SOURCE), raw.alias(RAW), unparsable.alias(UNPARSABLE))
+def _spread(columns: Sequence[str], strings: Sequence[str], valid: Sequence[Column]) -> list:
+    by_name = dict(zip(strings, valid))
+    return [by_name.get(c, F.lit(True)) for c in columns]
 
 
 def map_columns(
@@ -287,7 +385,7 @@ def map_columns(
     fields: Sequence[str],
     *,
     source: Column | None = None,
-    timestamp_format: str | None = None,
+    timestamp_formats: Sequence[str | None] = (None,),
     what: str = "column mapping",
     identity: bool = True,
 ) -> DataFrame:
@@ -319,30 +417,45 @@ def map_columns(
                 )
             selected.append(F.lit(None).cast("string").alias(name))
         else:
-            selected.append(as_string(_col(column), df.schema[column].dataType, timestamp_format).alias(name))
+            data_type = df.schema[column].dataType
+            epoch = set(timestamp_formats) & set(EPOCH_FORMATS)
+            if name == "ts" and isinstance(data_type, T.IntegralType) and not epoch:
+                raise SourceError(
+                    f"{what}: the timestamp column {column!r} holds integers ({data_type.simpleString()}): say their "
+                    f"unit with ingest.timestamp_format: epoch_seconds (or epoch_millis)"
+                )
+            selected.append(as_string(_col(column), data_type).alias(name))
     if RAW not in df.columns:
         df = _with_markers(df, source if source is not None else F.lit(None).cast("string"))
     source_column = source if source is not None else F.col(SOURCE)
-    return df.select(*selected, source_column.cast("string").alias(SOURCE), F.col(RAW), F.col(UNPARSABLE))
+    kinds = {REASON: "string", ROW: "long", OFFSET: "long"}
+    position = [(F.col(c) if c in df.columns else F.lit(None)).cast(k).alias(c) for c, k in kinds.items()]
+    return df.select(*selected, source_column.cast("string").alias(SOURCE), F.col(RAW), F.col(UNPARSABLE),
+                     *position)
 
 
-def as_string(column: Column, data_type: T.DataType, timestamp_format: str | None = None) -> Column:
+def timestamp_formats(cfg: IngestConfig) -> tuple[str | None, ...]:
+    """The timestamp spellings accepted for ``cfg``'s format, in order (None = ISO-8601):
+    ``ingest.timestamp_format`` (one pattern or a list), then the format's native spellings."""
+    configured = cfg.timestamp_format
+    formats = [configured] if isinstance(configured, str) else list(configured or [])
+    if cfg.format == "diginetica":
+        return (*formats, "yyyy-MM-dd")  # formats of its eventdate column
+    native = (None, *ONLINE_RETAIL_TIME_FORMATS) if cfg.format == "online-retail" else (None,)
+    return tuple(dict.fromkeys([*formats, *native]))
+
+
+def as_string(column: Column, data_type: T.DataType) -> Column:
     """A typed source column as the string a text source would have held.
 
-    Timestamps and dates render as ISO-8601 UTC (``2024-01-05T13:22:10.000000Z``) or, when
-    ``timestamp_format`` is set, in that pattern (or as Unix seconds / milliseconds for
-    ``epoch_seconds`` / ``epoch_millis``) so the validation parses them back with the same format.
+    Timestamps and dates render as ISO-8601 UTC (``2024-01-05T13:22:10.000000Z``; ISO is always
+    among the accepted spellings); integers (epoch timestamps included) as their digits.
     Structs, arrays and maps become JSON; everything else is cast.
     """
     if isinstance(data_type, T.StringType):
         return column
     if isinstance(data_type, (T.TimestampType, T.TimestampNTZType, T.DateType)):
-        instant = column.cast("timestamp")
-        if timestamp_format == "epoch_seconds":
-            return F.unix_seconds(instant).cast("string")
-        if timestamp_format == "epoch_millis":
-            return F.unix_millis(instant).cast("string")
-        return F.date_format(instant, timestamp_format or ISO_PATTERN)
+        return F.date_format(column.cast("timestamp"), ISO_PATTERN)
     if isinstance(data_type, (T.StructType, T.ArrayType, T.MapType)):
         return F.to_json(column)
     return column.cast("string")
@@ -358,9 +471,12 @@ def derive_items(item_rows: DataFrame) -> DataFrame:
     """
     fields = list(RAW_ITEM_FIELDS)
     usable = item_rows.where(~F.col(UNPARSABLE) & F.col("item_id").isNotNull() & (F.trim("item_id") != ""))
-    grouped = usable.groupBy(*fields).agg(F.min(SOURCE).alias(SOURCE))
+    first = F.min(F.struct(F.col(SOURCE), F.col(ROW), F.col(OFFSET))).alias("_first")
+    grouped = usable.groupBy(*fields).agg(first)
     return grouped.select(
-        *fields, F.col(SOURCE), F.to_json(F.struct(*fields)).alias(RAW), F.lit(False).alias(UNPARSABLE),
+        *fields, F.col("_first._source").alias(SOURCE), F.to_json(F.struct(*fields)).alias(RAW),
+        F.lit(False).alias(UNPARSABLE), F.lit(None).cast("string").alias(REASON),
+        F.col("_first._row").alias(ROW), F.col("_first._offset").alias(OFFSET),
     )
 
 
@@ -380,9 +496,12 @@ def online_retail_rows(df: DataFrame) -> RawSources:
     """
     invoice = F.trim(F.col("InvoiceNo"))
     is_return = invoice.startswith("C")
-    quantity = F.when(is_return, F.regexp_replace(F.trim("Quantity"), r"^-", "")).otherwise(F.col("Quantity"))
+    q = F.trim("Quantity")
+    quantity = F.when(is_return & q.startswith("-"), F.substring(q, 2, 1 << 30)).otherwise(F.col("Quantity"))
+    customer = F.trim("CustomerID")
+    whole = F.expr("substring(trim(CustomerID), 1, length(trim(CustomerID)) - 2)")  # "17850.0" → "17850"
     fields = {
-        "user_id": F.regexp_replace(F.col("CustomerID"), r"\.0+\s*$", ""),
+        "user_id": F.when(customer.endswith(".0"), whole).otherwise(F.col("CustomerID")),
         "item_id": F.col("StockCode"),
         "event_type": F.when(is_return, F.lit("return")).otherwise(F.lit("purchase")),
         "ts": F.col("InvoiceDate"),
@@ -391,36 +510,32 @@ def online_retail_rows(df: DataFrame) -> RawSources:
         "order_id": F.col("InvoiceNo"),
         "country": F.col("Country"),
     }
-    events = df.select(*_canonical(fields, RAW_EVENT_FIELDS), *[F.col(c) for c in MARKER_COLUMNS])
+    events = df.select(*_canonical(fields, RAW_EVENT_FIELDS), *_markers(df))
     item_rows = df.select(
         *_canonical({"item_id": F.col("StockCode"), "title": F.col("Description"), "price": F.col("UnitPrice")},
                     RAW_ITEM_FIELDS),
-        *[F.col(c) for c in MARKER_COLUMNS],
+        *_markers(df),
     )
     return RawSources(events, derive_items(item_rows), items_derived=True)
 
 
 def amazon_5core_rows(lines: DataFrame, *, event_type: str = "purchase") -> RawSources:
-    """Lines ``user_id item_id item_id ...`` (oldest first; columns ``value``, ``_source``) → events.
+    """5-core lines ``user_id item_id item_id ...`` (oldest first) → events.
 
-    One event per item, with ts = 2000-01-01T00:00:00Z + (position in the line, from 0) seconds:
-    the files carry no time, so only the order is real. ``event_type`` is the configured
-    ``ingest.default_event_type``. A line parses when it holds at least two whitespace-separated
-    tokens (a user and one item) and no comma or semicolon; any other non-blank line becomes ONE
-    row with ``_unparsable`` set (so an input record is one (user, item) event of a parsed line or
-    one unparsable line); blank lines carry nothing and are skipped. Items: the distinct item ids.
+    ``lines`` is the text reader's line frame: ``_fields`` (the line's whitespace-separated
+    tokens, null when the line is not a 5-core line: fewer than two tokens, or a comma or
+    semicolon in it) plus the markers. One event per item, with ts = 2000-01-01T00:00:00Z +
+    (position in the line, from 0) seconds: the files carry no time, so only the order is real
+    (the source is order-only). ``event_type`` is the configured ``ingest.default_event_type``.
+    A line that cannot be read becomes ONE row with ``_unparsable`` set, so an input record is
+    one (user, item) event of a read line or one whole bad line. Items: the distinct item ids.
     """
-    text = F.trim(F.col("value"))
-    tokens = F.split(text, r"\s+")
-    parsed = text.rlike(r"^[^\s,;]+(\s+[^\s,;]+)+$")
-    # An unparsable line yields one row (a null item), so that it can be quarantined.
-    item_tokens = F.when(parsed, F.slice(tokens, 2, F.size(tokens) - 1)).otherwise(F.array(F.lit(None).cast("string")))
-    exploded = (
-        lines.where(text != "")
-        .select(
-            F.col("value"), F.col(SOURCE), parsed.alias("_parsed"), tokens[0].alias("_user"),
-            F.posexplode(item_tokens).alias("_pos", "_item"),
-        )
+    parsed = F.col("_fields").isNotNull() & F.col(REASON).isNull()
+    item_tokens = F.when(parsed, F.slice("_fields", 2, F.size("_fields") - 1)).otherwise(
+        F.array(F.lit(None).cast("string")))
+    exploded = lines.select(
+        F.col(SOURCE), F.col(RAW), F.col(REASON), F.col(ROW), F.col(OFFSET), parsed.alias("_parsed"),
+        F.col("_fields")[0].alias("_user"), F.posexplode(item_tokens).alias("_pos", "_item"),
     )
     ts = F.date_format(F.timestamp_seconds(F.lit(AMAZON_5CORE_EPOCH) + F.col("_pos")), "yyyy-MM-dd'T'HH:mm:ss'Z'")
     fields = {
@@ -434,27 +549,31 @@ def amazon_5core_rows(lines: DataFrame, *, event_type: str = "purchase") -> RawS
         F.to_json(F.struct(
             F.col("_user").alias("user_id"), F.col("_item").alias("item_id"), F.col("_pos").alias("position"),
         )),
-    ).otherwise(F.col("value"))
+    ).otherwise(F.col(RAW))
+    reason = F.when(~F.col("_parsed"), F.coalesce(F.col(REASON), F.lit("unparsable_line")))
     events = exploded.select(
         *_canonical(fields, RAW_EVENT_FIELDS), F.col(SOURCE), raw.alias(RAW), (~F.col("_parsed")).alias(UNPARSABLE),
+        reason.alias(REASON), F.col(ROW), F.col(OFFSET),
     )
     item_rows = events.select(*_canonical({"item_id": F.col("item_id")}, RAW_ITEM_FIELDS), *MARKER_COLUMNS)
     return RawSources(events, derive_items(item_rows), items_derived=True)
 
 
-def diginetica_rows(df: DataFrame) -> RawSources:
+def diginetica_rows(df: DataFrame, date_formats: Sequence[str | None] = ("yyyy-MM-dd",)) -> RawSources:
     """DIGINETICA rows (``session_id;user_id;item_id;timeframe;eventdate`` as strings) → view events.
 
     ``user_id`` "NA" (or empty) is an anonymous session: the user becomes ``session:<session_id>``
     (prefixed so that a session id can never collide with a real user id). ts = eventdate
     (midnight UTC) + timeframe milliseconds, rendered ISO-8601; when either part does not parse,
     ts keeps the raw text (``<eventdate> + <timeframe>ms``) and the row is quarantined as
-    ``bad_timestamp``. event_type is ``view``. Items: the distinct item ids.
+    ``bad_timestamp``. ``date_formats``: the eventdate spellings tried in order (None = ISO).
+    event_type is ``view``. Items: the distinct item ids.
     """
     user = F.trim(F.col("user_id"))
     anonymous = user.isNull() | (user == "") | (F.upper(user) == "NA")
     session = F.trim(F.col("session_id"))
-    day = F.try_to_timestamp(F.trim(F.col("eventdate")), F.lit("yyyy-MM-dd"))
+    day = F.coalesce(*[F.try_to_timestamp(F.trim(F.col("eventdate")), *([F.lit(f)] if f else []))
+                       for f in date_formats])
     millis = F.expr("try_cast(trim(timeframe) AS BIGINT)")
     computed = F.date_format(
         F.timestamp_millis(F.unix_millis(day) + millis), "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'",
@@ -471,8 +590,8 @@ def diginetica_rows(df: DataFrame) -> RawSources:
         "ts": ts,
         "session_id": F.col("session_id"),
     }
-    events = df.select(*_canonical(fields, RAW_EVENT_FIELDS), *[F.col(c) for c in MARKER_COLUMNS])
-    item_rows = df.select(*_canonical({"item_id": F.col("item_id")}, RAW_ITEM_FIELDS), *MARKER_COLUMNS)
+    events = df.select(*_canonical(fields, RAW_EVENT_FIELDS), *_markers(df))
+    item_rows = df.select(*_canonical({"item_id": F.col("item_id")}, RAW_ITEM_FIELDS), *_markers(df))
     return RawSources(events, derive_items(item_rows), items_derived=True)
 
 
@@ -484,6 +603,12 @@ def _canonical(expressions: Mapping[str, Column], fields: Sequence[str]) -> list
         (expressions[name] if name in expressions else F.lit(None)).cast("string").alias(name)
         for name in fields
     ]
+
+
+def _markers(df: DataFrame) -> list[Column]:
+    """The marker columns of ``df``; the reading reason and position are null where it lacks them."""
+    kinds = {REASON: "string", ROW: "long", OFFSET: "long"}
+    return [F.col(c) if c in df.columns else F.lit(None).cast(kinds[c]).alias(c) for c in MARKER_COLUMNS]
 
 
 def _col(name: str) -> Column:

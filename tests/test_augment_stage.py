@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from recaug_spark.augment.engine import augment_sequences
+from recaug_spark.augment.engine import augment_sequences, augment_sequences_round_trip
 from recaug_spark.config import AugmentConfig, BranchConfig, load_config
 from recaug_spark.runs import RunContext, record_stage
-from recaug_spark.schemas import ITEMS, REAL_CHAIN, SEQUENCES
+from recaug_spark.schemas import AUGMENTED_SEQUENCES, ITEMS, REAL_CHAIN, SEQUENCES
 from recaug_spark.stages.augment import run_augment
 
 T0 = dt.datetime(2024, 1, 1)
@@ -61,6 +61,74 @@ def test_output_is_identical_for_1_and_8_partitions(spark, sequences):
     eight = augment_sequences(sequences.repartition(3), AugmentConfig(partitions=8, branches=BRANCHES,
                                                                       arrow_batch_rows=16), 7, "r", "h")
     assert collect(one) == collect(eight)
+
+
+def all_columns(df):
+    """Every row with every column (provenance included), sorted: equal lists = identical tables."""
+    return sorted(tuple(tuple(v) if isinstance(v, list) else v for v in row) for row in df.collect())
+
+
+def odd_rows():
+    """Rows whose context lists a batch cannot take as they are: null, or of another length than the items."""
+    rows = sequence_rows(12)
+    u, items, stamps, kinds, sessions, countries, devices, n = rows[3]
+    rows[3] = (u, items, stamps, kinds, None, None, devices[:-1] + ["x", "y"], n)  # null sessions and countries
+    u, items, stamps, kinds, sessions, countries, devices, n = rows[7]
+    rows[7] = (u, items, stamps, kinds, sessions[:-1], countries, None, n)  # sessions one short, null devices
+    return rows
+
+
+def test_aligned_values_decide_row_by_row_not_by_batch():
+    """A null or misaligned context list costs its own row its values, never its neighbours' (the batch
+    boundaries depend on the partitioning); a sliced column reads its own values."""
+    import numpy as np
+    import pyarrow as pa
+
+    from recaug_spark.augment.arrow_io import aligned_values
+
+    offsets = np.array([0, 2, 3, 3, 6])  # items of lengths 2, 1, 0, 3
+    column = pa.array([["x", None], None, [], ["p", "q"]], pa.list_(pa.string()))
+    assert aligned_values(column, offsets).to_pylist() == ["x", None, None, None, None, None]
+    sliced = pa.array([["z"], ["x", "y"], ["c"], [], ["p", "q", "r"]], pa.list_(pa.string())).slice(1)
+    assert aligned_values(sliced, offsets).to_pylist() == ["x", "y", "c", "p", "q", "r"]
+    assert aligned_values(pa.array([None, ["a"]], pa.list_(pa.string())), np.array([0, 1, 3])).to_pylist() == [
+        None, None, None]
+
+
+def test_stage_rows_are_those_of_the_round_trip_path_for_1_and_8_partitions(spark, sequences):
+    """Real rows written by Spark and provenance added by Spark give, column for column, the rows of the path
+    where every row crosses into Python and back, whatever the partitioning and the Arrow batch size."""
+    from pyspark.sql import types as T
+
+    loose = T.StructType([T.StructField(f.name, f.dataType, True) for f in SEQUENCES.fields])
+    for frame in (sequences, spark.createDataFrame(odd_rows(), loose)):
+        reference = all_columns(augment_sequences_round_trip(
+            frame.repartition(1), AugmentConfig(partitions=1, branches=BRANCHES), 7, "r", "h"))
+        for partitions, batch in ((1, 2048), (8, 16)):
+            cfg = AugmentConfig(partitions=partitions, branches=BRANCHES, arrow_batch_rows=batch)
+            out = augment_sequences(frame.repartition(3), cfg, 7, "r", "h")
+            assert [(f.name, f.dataType) for f in out.schema] == [(f.name, f.dataType) for f in AUGMENTED_SEQUENCES]
+            assert all_columns(out) == reference
+
+
+def test_odd_context_lists_become_nulls_row_by_row(spark):
+    """A null or misaligned context list gives its own row one null per event; its neighbours keep theirs."""
+    from pyspark.sql import types as T
+
+    loose = T.StructType([T.StructField(f.name, f.dataType, True) for f in SEQUENCES.fields])
+    frame = spark.createDataFrame(odd_rows(), loose)
+    cfg = AugmentConfig(partitions=1, arrow_batch_rows=4096, branches=(BranchConfig(chain="reorder"),))
+    by_id = {r.sequence_id: r for r in augment_sequences(frame, cfg, 7, "r", "h").collect()}
+    for user, _, _, _, sessions, countries, devices, n in odd_rows():
+        for key in (user, f"{user}~0:0"):
+            row = by_id[key]
+            if user == "u003":
+                assert row.session_ids == [None] * n and row.countries == [None] * n and row.devices == [None] * n
+            elif user == "u007":
+                assert row.session_ids == [None] * n and row.devices == [None] * n
+                assert sorted(map(str, row.countries)) == sorted(map(str, countries))
+            else:
+                assert sorted(row.devices) == sorted(devices) and row.session_ids == sessions
 
 
 def test_real_rows_equal_the_input_and_augmented_rows_carry_provenance(spark, sequences):
@@ -144,7 +212,8 @@ def test_augmenters_see_only_the_most_recent_events_of_heavy_users(spark):
     heavy = ("heavy", [f"i{k}" for k in range(n)], [T0 + dt.timedelta(seconds=k) for k in range(n)],
              ["view"] * n, ["heavy-1"] * n, ["DE"] * n, ["web"] * n, n)
     df = spark.createDataFrame([heavy], SEQUENCES)
-    cfg = AugmentConfig(max_input_events=50, branches=(BranchConfig(chain="reorder", params={"reorder": {"beta": 1.0}}),))
+    reorder = BranchConfig(chain="reorder", params={"reorder": {"beta": 1.0}})
+    cfg = AugmentConfig(max_input_events=50, branches=(reorder,))
     rows = {r.origin: r for r in augment_sequences(df, cfg, 7, "r", "h").collect()}
     assert rows[REAL_CHAIN].item_ids == heavy[1]  # the real row is kept whole
     augmented = rows["augmented"]

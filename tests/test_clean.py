@@ -9,6 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from recaug_spark.config import CleanConfig, SplitConfig, load_config
+from recaug_spark.delta.arrow_reader import read_arrow
 from recaug_spark.runs import RunContext
 from recaug_spark.schemas import (
     EVENTS,
@@ -225,6 +226,17 @@ def test_spark_sorts_ties_in_the_order_the_arrow_steps_sort_them(spark):
     assert list(map(repr, in_spark.to_pylist())) == list(map(repr, in_arrow.to_pylist()))  # repr: NaN ≠ NaN
 
 
+def test_per_user_counts_report_the_users_and_events_the_sequence_cap_leaves_out(spark):
+    # u1: 5 sequence events (2 beyond a cap of 3), a click (not a sequence event); u2: 3 events
+    rows = [("u1", t, s) for t, s in (("view", "train"), ("view", "train"), ("cart", "train"), ("view", "valid"),
+                                      ("purchase", "test"), ("click", None))] + [("u2", "view", "train")] * 3
+    kept = spark.createDataFrame(rows, "user_id string, event_type string, split string").withColumn(
+        C.REASON, F.lit(None).cast("string"))
+    counts = C._per_user_counts(kept, CleanConfig(max_sequence_length=3))
+    assert (counts.users, counts.capped, counts.beyond_cap) == (2, 1, 2)
+    assert C._per_user_counts(kept, CleanConfig(max_sequence_length=5)).capped == 0
+
+
 def write_bronze(ctx, spark):
     ctx.warehouse.write("events_raw", frame(spark, MESSY), mode="overwrite", partition_by=["dt"])
     catalog = spark.createDataFrame([
@@ -243,12 +255,13 @@ def test_run_clean_end_to_end_and_idempotent(spark, tmp_path):
     assert result.rows_in == len(MESSY) == result.rows_out + removed
     assert result.counts["removed.bot_user"] == 80 and result.counts["removed.kcore"] == 0
     assert result.counts["users"] == 3 and result.counts["sequences"] == 3
+    assert result.counts["users_capped"] == result.counts["events_beyond_cap"] == 0  # no history over 200
     assert result.counts["targets.valid"] == result.counts["targets.test"] == 2  # u1, u2; u3 has 2 events
     assert set(result.tables) == set(C.OUTPUT_TABLES)
 
     tables = {name: deltalake.DeltaTable(ctx.warehouse.uri(name)) for name in C.OUTPUT_TABLES}
     assert {name: t.version() for name, t in tables.items()} == result.tables
-    arrow = {name: t.to_pyarrow_table() for name, t in tables.items()}
+    arrow = {name: read_arrow(ctx.warehouse.uri(name)) for name in tables}  # not to_pyarrow_table: see arrow_reader
     assert arrow["events"].num_rows == result.rows_out
     assert tables["events"].metadata().partition_columns == ["dt"]
     for name, schema in (("events", EVENTS), ("items", ITEMS), ("sequences", SEQUENCES),

@@ -19,6 +19,7 @@ from recaug_spark.cluster import (
     ClusterError,
     ClusterStatus,
     cluster_status,
+    default_work_dir,
     format_status,
     format_stopped,
     free_port,
@@ -103,6 +104,10 @@ def test_start_run_job_stop(cluster_cfg: ClusterConfig):
     assert (work / "logs" / "master.log").is_file() and (work / "logs" / "worker-1.log").is_file()
     text = format_status(cluster_status(cluster_cfg))
     assert status.master_url in text and "1 worker(s) ALIVE" in text and f"pid {status.worker_pids[0]} running" in text
+    # each worker's own state as the master reports it, found by the port it was started on
+    [worker] = status.workers
+    assert worker.state == "ALIVE" and worker.address == f"127.0.0.1:{(work / 'worker-1.port').read_text().strip()}"
+    assert f"worker-1  pid {worker.pid} running  {worker.address}  master says ALIVE" in text
 
     # And a second start is refused while it runs, naming the live daemons
     with pytest.raises(ClusterError, match="already running") as refused:
@@ -131,7 +136,7 @@ def test_start_run_job_stop(cluster_cfg: ClusterConfig):
     assert [(s.name, s.pid) for s in stopped] == [("worker-1", status.worker_pids[0]), ("master", status.master_pid)]
     assert {s.outcome for s in stopped} <= {"terminated", "killed"}
     assert not any(_pid_alive(pid) for pid in pids)
-    assert not list(work.glob("*.pid"))
+    assert not list(work.glob("*.pid")) and not list(work.glob("*.port"))
     assert master_json(cluster_cfg) is None
     after = cluster_status(cluster_cfg)
     assert not after.running and after.master_pid is None and after.workers == ()
@@ -199,3 +204,47 @@ def test_cluster_config_validation():
     with pytest.raises(ConfigError, match="cluster.master_port"):
         load_config(overrides=["cluster.master_port=70000"])
     assert load_config(overrides=["cluster.memory_per_worker=2G"]).cluster.memory_per_worker == "2g"
+
+
+def test_default_work_dir_is_absolute_and_overridable(monkeypatch, tmp_path):
+    monkeypatch.delenv("RECAUG_CLUSTER_DIR", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_work_dir() == tmp_path / "home" / ".local" / "state" / "recaug" / "cluster"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert default_work_dir() == tmp_path / "state" / "recaug" / "cluster"
+    monkeypatch.setenv("RECAUG_CLUSTER_DIR", str(tmp_path / "mine"))
+    assert default_work_dir() == tmp_path / "mine"
+    # the config default is that folder; an explicit cluster.work_dir still wins
+    assert load_config().cluster.work_dir is None
+    assert cluster_status(load_config().cluster).work_dir == str(tmp_path / "mine")
+    assert cluster_status(ClusterConfig(work_dir=str(tmp_path / "x"))).work_dir == str(tmp_path / "x")
+
+
+def test_cluster_status_and_stop_find_the_cluster_from_any_directory(monkeypatch, tmp_path):
+    """`recaug cluster status|stop` from two unrelated folders see the same PID files (the old default,
+    ./.recaug/cluster, made each folder see its own, and stop left a running cluster up)."""
+    from click.testing import CliRunner
+
+    from recaug_spark.cli import main
+
+    state = tmp_path / "state"
+    monkeypatch.delenv("RECAUG_CLUSTER_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    work = state / "recaug" / "cluster"
+    work.mkdir(parents=True)
+    (work / "master.pid").write_text("999999999\n")  # a cluster that died: stale PID file
+    (work / "worker-1.pid").write_text("999999998\n")
+    outputs = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        result = CliRunner().invoke(main, ["cluster", "status"])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert outputs[0] == outputs[1]
+    assert "pid 999999999 NOT RUNNING (stale PID file)" in outputs[0] and f"work dir  {work}" in outputs[0]
+    assert "worker-1  pid 999999998 NOT RUNNING" in outputs[0]
+    stopped = CliRunner().invoke(main, ["cluster", "stop"])
+    assert stopped.exit_code == 0 and "master    pid 999999999 not running" in stopped.output, stopped.output
+    assert not list(work.glob("*.pid"))

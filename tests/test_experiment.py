@@ -238,11 +238,12 @@ def test_train_stage_writes_metrics_report_and_counts(trained_run):
 
     variants, seeds = ["baseline", "augmented", "crop"], [1, 2]
     metrics = ctx.warehouse.read("metrics").where("run_id = 'e2e-train'").toPandas()
-    per_run = 2 * 14 + 4 * 14  # (valid, test) × 14 metrics + 4 test groups × 14 metrics (ks 1, 5, 10, 20)
+    per_run = 2 * 14 + 5 * 14  # (valid, test) × 14 metrics + 5 test groups × 14 metrics (ks 1, 5, 10, 20)
     assert len(metrics) == result.rows_out == len(variants) * len(seeds) * per_run
     assert sorted(metrics.groupby(["variant", "seed"]).size().to_dict().items()) == sorted(
         ((v, s), per_run) for v in variants for s in seeds)
-    assert set(metrics["group"]) == {"all", "short", "long", "head", "tail"} and set(metrics["protocol"]) == {"full"}
+    assert set(metrics["group"]) == {"all", "short", "long", "cold", "head", "tail"}
+    assert set(metrics["protocol"]) == {"full"}
     assert set(metrics["table_version"]) == {ctx.warehouse.version("augmented_sequences")}
     assert set(metrics["config_hash"]) == {cfg.hash} and set(metrics["experiment"]) == {"default"}
     ndcg = metrics.query("split == 'test' and metric == 'ndcg' and k == 10 and group == 'all'")
@@ -262,7 +263,11 @@ def test_train_stage_writes_metrics_report_and_counts(trained_run):
     assert counts["steps.baseline"] == counts["steps.augmented"] == counts["steps.crop"] == 2 * counts["steps_per_epoch"]
     assert result.tables["read:augmented_sequences"] == ctx.warehouse.version("augmented_sequences")
     text = summary(train_ctx, [result])
-    assert "baseline" in text and "vs baseline" in text and str(report / "report.md") in text
+    assert "baseline" in text and str(report / "report.md") in text
+    for variant in ("augmented", "crop"):  # a plain verdict per variant, from its paired interval (2 seeds)
+        low, high = (counts[f"metric.{variant}.ndcg10_rel_{end}_x10000"] for end in ("low", "high"))
+        word = "helps" if low > 0 else "hurts" if high < 0 else "no measurable effect"
+        assert f"  {variant}: {word}, test ndcg@10 " in text
 
     # same run id again: the metrics commit exists, nothing trains or is written
     version = ctx.warehouse.version("metrics")

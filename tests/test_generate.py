@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 
-import deltalake
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from recaug_spark.config import ConfigError, GenerateConfig, MessConfig, load_config
+from recaug_spark.delta.arrow_reader import read_arrow
 from recaug_spark.runs import RunContext
 from recaug_spark.schemas import EVENT_TYPES, RAW_EVENT_FIELDS, RAW_ITEM_FIELDS
 from recaug_spark.stages import generate as gen
@@ -279,8 +279,8 @@ def stage(spark, tmp_path_factory):
                                     "generate.partitions=3"])
     ctx = RunContext.create(spark, config, run_id="t1")
     result = gen.run_generate(ctx)
-    events = deltalake.DeltaTable(ctx.warehouse.uri("generated_events")).to_pyarrow_table().to_pandas()
-    items = deltalake.DeltaTable(ctx.warehouse.uri("generated_items")).to_pyarrow_table().to_pandas()
+    events = read_arrow(ctx.warehouse.uri("generated_events")).to_pandas()
+    items = read_arrow(ctx.warehouse.uri("generated_items")).to_pandas()
     return ctx, result, events, items
 
 

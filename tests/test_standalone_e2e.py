@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from _process import run_in_own_group
-from deltalake import DeltaTable
 
 from recaug_spark.cluster import free_port, master_json, spark_home, start_cluster, stop_cluster
 from recaug_spark.config import ClusterConfig
+from recaug_spark.delta.arrow_reader import read_arrow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB = REPO_ROOT / "jobs" / "pipeline.py"
@@ -104,18 +104,18 @@ def test_pipeline_on_standalone_cluster(cluster, tmp_path):
     for name in TABLES:
         path = warehouse / name
         assert (path / "_delta_log").is_dir(), f"table {name} missing at {path}\n{logs}"
-        rows[name] = DeltaTable(str(path)).to_pyarrow_table().num_rows
+        rows[name] = read_arrow(str(path)).num_rows
     assert all(count > 0 for count in rows.values()), rows
 
-    # And the generators were fitted beside the warehouse and used on the executors
+    # And the generators were fitted into the warehouse's own models folder and used on the executors
     for name in ("reverse_transformer", "forward_transformer", "item_attributes", "description_index"):
-        assert (tmp_path / "models" / name / "v1" / "manifest.json").is_file(), name
-    generators = {r["generator"] for r in DeltaTable(str(warehouse / "augmented_sequences")).to_pyarrow_table(
-        columns=["generator"]).to_pylist()}
+        assert (warehouse / "models" / name / "v1" / "manifest.json").is_file(), name
+    generators = {r["generator"] for r in read_arrow(str(warehouse / "augmented_sequences"),
+                                                    columns=["generator"]).to_pylist()}
     assert {"reverse_transformer@v1", "forward_transformer@v1"} <= generators, generators
 
     # And `runs` holds one row per stage of this run
-    runs = DeltaTable(str(warehouse / "runs")).to_pyarrow_table().to_pylist()
+    runs = read_arrow(str(warehouse / "runs")).to_pylist()
     assert sorted(r["stage"] for r in runs) == ["augment", "clean", "fit", "generate", "ingest", "train"], runs
     assert len({r["run_id"] for r in runs}) == 1
 

@@ -376,7 +376,7 @@ def test_sasrec_learns_a_deterministic_pattern_and_same_seed_gives_same_metrics(
     print({k: round(v, 3) for k, v in result["test"].items()}, result["best_epoch"], result["seconds_total"])
     assert result["test"]["hr@10"] > 0.8, result["history"]
     assert result["test"]["ndcg@10"] > 0.5
-    assert set(result["test_breakdown"]) == {"short", "long", "head", "tail"}
+    assert set(result["test_breakdown"]) == {"short", "long", "cold", "head", "tail"}
     assert sum(result["test_breakdown"][g]["users"] for g in ("short", "long")) == 240
 
     model, vocab, saved_cfg = load_checkpoint(str(tmp_path / "best.pt"))

@@ -35,7 +35,6 @@ def batch_from_arrow(record_batch: pa.RecordBatch) -> tuple[SequenceBatch, pa.Ar
     items = record_batch.column("item_ids")
     offsets = items.offsets.to_numpy().astype(np.int64)
     offsets = offsets - offsets[0]
-    total = int(offsets[-1])
 
     def flat(name):
         return record_batch.column(name).flatten()
@@ -43,13 +42,7 @@ def batch_from_arrow(record_batch: pa.RecordBatch) -> tuple[SequenceBatch, pa.Ar
     def aligned(name):  # a per-event list column that may be absent, null or of other lengths
         if name not in record_batch.schema.names:
             return None
-        column = record_batch.column(name)
-        if column.null_count:
-            return pa.nulls(total, pa.string())
-        own = column.offsets.to_numpy()
-        if len(own) != len(offsets) or not np.array_equal(own - own[0], offsets):
-            return pa.nulls(total, pa.string())
-        return column.flatten()
+        return aligned_values(record_batch.column(name), offsets)
 
     ts = flat("timestamps").cast(_TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False)
     context = {name: aligned(column) for column, name in CONTEXT_COLUMNS.items()}
@@ -58,6 +51,28 @@ def batch_from_arrow(record_batch: pa.RecordBatch) -> tuple[SequenceBatch, pa.Ar
         event_types=flat("event_types"), session_ids=aligned("session_ids"),
         context={name: values for name, values in context.items() if values is not None},
     ), user_ids
+
+
+def aligned_values(column: pa.ListArray, offsets: np.ndarray) -> pa.Array:
+    """The flat values of a per-event list column, laid out on the items' ``offsets`` (starting at 0):
+    a row whose list is null or of another length than its items gets one null per event.
+
+    Decided row by row, so a row's values never depend on the other rows of its batch (the batch
+    boundaries depend on the partitioning); ``recaug_spark.augment.engine.real_rows`` does the same
+    in Spark."""
+    total = int(offsets[-1])
+    own = column.offsets.to_numpy().astype(np.int64)  # into column.values (a slice's offsets are absolute)
+    lengths, own_lengths = np.diff(offsets), np.diff(own)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
+    ok = valid & (own_lengths == lengths)
+    if ok.all():
+        return column.flatten()
+    if not ok.any():
+        return pa.nulls(total, pa.string())
+    # source index of every output element (own start of its row + position), masked where not ok
+    start = np.repeat(own[:-1] - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+    keep = np.repeat(ok, lengths)
+    return column.values.take(pa.array(np.where(keep, start, 0), pa.int64(), mask=~keep))
 
 
 def _timestamps(values: np.ndarray) -> pa.Array:

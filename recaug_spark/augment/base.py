@@ -113,6 +113,9 @@ class Augmenter(Operator):
     """A sequence augmenter: ``fit`` once with Spark, then ``plan`` an edit of each batch."""
 
     origin: ClassVar[str] = "augmented"  # the origin of its output rows ("synthetic": new users)
+    # True for operators that read timestamps or time-derived sessions: refused on order-only sources
+    # (whose timestamps are fabricated from positions, see sources.ORDER_ONLY_FORMATS)
+    needs_real_time: ClassVar[bool] = False
 
     def fit(self, context: FitContext) -> Any:
         """Statistics computed once with Spark (e.g. item popularity); None when not needed."""

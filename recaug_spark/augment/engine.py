@@ -2,12 +2,14 @@
 
 A branch is a chain of operators applied to the targeted real rows, ``copies`` times.
 :func:`compile_branches` builds its operators and fits their state and its target once, on the
-driver (Spark); :func:`augment_batch` then runs every branch over one batch of sequences, and
-:func:`augment_record_batch` wraps it for ``mapInArrow``: an Arrow batch of sequences in, Arrow
-batches of ``schemas.AUGMENTED_SEQUENCES`` out (the real rows, then each branch's and copy's
-rows, with provenance); :func:`augment_sequences` does it to a whole DataFrame. The item side is the same with :func:`compile_item_branches` and
-:func:`augment_item_record_batch` (``schemas.AUGMENTED_ITEMS``). Nothing here depends on how
-the rows are partitioned: randomness is keyed per entity (``base.Draws``).
+driver (Spark); :func:`augment_batch` then runs every branch over one batch of sequences.
+:func:`augment_sequences` does it to a whole DataFrame: Spark writes the real rows and the
+provenance constants itself, and only the branch rows are made in Python, by
+:func:`branch_record_batch` under ``mapInArrow`` (an Arrow batch of sequences in, Arrow batches of
+:data:`BRANCH_ROWS` out). :func:`augment_record_batch` / :func:`augment_sequences_round_trip` are
+the former path, every row through Python, kept as the reference for the same rows. The item side
+is :func:`compile_item_branches` and :func:`augment_item_record_batch` (``schemas.AUGMENTED_ITEMS``).
+Nothing here depends on how the rows are partitioned: randomness is keyed per entity (``base.Draws``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from pyspark.sql import types as T
 
 from recaug_spark.augment.arrow_io import (
     ITEM_COLUMNS,
@@ -108,8 +111,8 @@ def compile_branches(cfg: AugmentConfig, sequences, items, models_dir: str | Non
     return branches
 
 
-def augment_batch(batch: SequenceBatch, branches: list[CompiledBranch], seed: int,
-                  max_input_events: int | None = None) -> Iterator[tuple[CompiledBranch, int, SequenceBatch, np.ndarray]]:
+def augment_batch(batch: SequenceBatch, branches: list[CompiledBranch], seed: int, max_input_events: int | None = None
+                  ) -> Iterator[tuple[CompiledBranch, int, SequenceBatch, np.ndarray]]:
     """Yield (branch, copy, augmented batch, parent index per output row) for one real batch.
 
     Augmenters see each targeted sequence's most recent ``max_input_events`` events only. The
@@ -159,17 +162,40 @@ def _extra_items(state) -> pa.Array:
 
 def augment_record_batch(record_batch: pa.RecordBatch, branches: list[CompiledBranch], cfg: AugmentConfig, seed: int,
                          run_id: str, config_hash: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """The augment stage's work on one Arrow batch of sequences: its real rows, then every branch's and
-    copy's augmented rows, as Arrow batches of ``schema`` (``AUGMENTED_SEQUENCES``), as mapInArrow
-    returns them."""
+    """Every row of one Arrow batch of sequences in Python: its real rows, then every branch's and copy's
+    augmented rows, as Arrow batches of ``schema`` (``AUGMENTED_SEQUENCES``) with provenance.
+
+    The round-trip path (:func:`augment_sequences_round_trip`): the stage itself writes real rows in
+    Spark and sends only the branch rows through Python (:func:`branch_record_batch`)."""
     if record_batch.num_rows == 0:
         return
     real, user_ids = batch_from_arrow(record_batch)
     stamp = {"seed": seed, "run_id": run_id, "config_hash": config_hash}
     yield batch_to_arrow(real, {"sequence_id": user_ids, "user_id": user_ids, **provenance(None, None, **stamp)},
                          schema)
+    for branch, copy, out, ids, parent_ids in _branch_outputs(real, user_ids, branches, seed, cfg.max_input_events):
+        yield batch_to_arrow(out, {"sequence_id": ids, "user_id": parent_ids, **provenance(branch, copy, **stamp)},
+                             schema)
+
+
+def branch_record_batch(record_batch: pa.RecordBatch, branches: list[CompiledBranch], seed: int,
+                        max_input_events: int | None, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The augmented rows of one Arrow batch of sequences, as batches of ``schema``
+    (:data:`BRANCH_ROWS`: no real rows, and of provenance only ``branch`` and ``copy``; Spark adds
+    the rest, see :func:`with_provenance`)."""
+    if record_batch.num_rows == 0:
+        return
+    real, user_ids = batch_from_arrow(record_batch)
+    for branch, copy, out, ids, parent_ids in _branch_outputs(real, user_ids, branches, seed, max_input_events):
+        yield batch_to_arrow(out, {"sequence_id": ids, "user_id": parent_ids, "branch": branch.index, "copy": copy},
+                             schema)
+
+
+def _branch_outputs(real: SequenceBatch, user_ids: pa.Array, branches: list[CompiledBranch], seed: int,
+                    max_input_events: int | None):
+    """(branch, copy, augmented batch, sequence ids, parent user ids) of every non-empty branch output."""
     suffixed = SuffixedIds(user_ids)
-    for branch, copy, out, lineage in augment_batch(real, branches, seed, cfg.max_input_events):
+    for branch, copy, out, lineage in augment_batch(real, branches, seed, max_input_events):
         if len(out) == 0:
             continue
         if len(lineage) == len(real) and bool((lineage == np.arange(len(real))).all()):  # one row per user
@@ -177,8 +203,13 @@ def augment_record_batch(record_batch: pa.RecordBatch, branches: list[CompiledBr
         else:
             parent_ids = user_ids.take(pa.array(lineage, pa.int64()))
             ids = sequence_ids(parent_ids, lineage, branch.index, copy)
-        yield batch_to_arrow(out, {"sequence_id": ids, "user_id": parent_ids, **provenance(branch, copy, **stamp)},
-                             schema)
+        yield branch, copy, out, ids, parent_ids
+
+
+# The provenance columns Spark adds to the branch rows (constant per branch); the rest crosses from Python.
+SPARK_PROVENANCE = ("origin", "operator_chain", "params", "seed", "generator", "run_id", "config_hash")
+BRANCH_ROWS = T.StructType([f for f in AUGMENTED_SEQUENCES.fields if f.name not in SPARK_PROVENANCE])
+STAGE_INPUT_COLUMNS = ("user_id", "item_ids", "timestamps", "event_types", "session_ids")  # + CONTEXT_COLUMNS
 
 
 def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_id: str, config_hash: str,
@@ -186,13 +217,37 @@ def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_i
                       models_dir: str | None = None) -> DataFrame:
     """Real sequences ∪ their augmented copies, as a DataFrame of ``AUGMENTED_SEQUENCES``.
 
-    Sequences are hash-partitioned by user id and augmented with ``mapInArrow`` in bounded Arrow
-    batches (:func:`augment_record_batch`); the compiled branches (fitted state included) travel
-    to the executors in the function's closure.
+    Real rows never cross into Python: Spark projects them from ``sequences`` (:func:`real_rows`).
+    Only the branch rows are made in Python: sequences are hash-partitioned by user id and
+    augmented with ``mapInArrow`` in bounded Arrow batches (:func:`branch_record_batch`; the
+    compiled branches, fitted state included, travel to the executors in the function's closure),
+    and Spark adds their constant provenance columns (:func:`with_provenance`). The rows are those
+    of :func:`augment_sequences_round_trip`, where every row crosses into Python and back.
 
     Fitted state (popularity, co-occurrence, targets) comes from ``fit_on`` (default: ``sequences``):
     an incremental run augments a few users with the statistics of all of them.
     """
+    branches = compile_branches(cfg, fit_on if fit_on is not None else sequences, items, models_dir)
+    real = real_rows(sequences, seed, run_id, config_hash)
+    if not branches:
+        return real
+    schema = output_schema(BRANCH_ROWS)
+    max_input_events = cfg.max_input_events
+
+    def augment_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for record_batch in batches:
+            yield from branch_record_batch(record_batch, branches, seed, max_input_events, schema)
+
+    augmented = _stage_input(sequences, cfg).mapInArrow(augment_partition, BRANCH_ROWS)
+    return real.unionByName(with_provenance(augmented, branches, seed, run_id, config_hash))
+
+
+def augment_sequences_round_trip(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_id: str, config_hash: str,
+                                 items: DataFrame | None = None, fit_on: DataFrame | None = None,
+                                 models_dir: str | None = None) -> DataFrame:
+    """The same rows as :func:`augment_sequences` with every row, real ones included, through Python
+    (:func:`augment_record_batch`): the stage's path before real rows stayed in Spark, kept as the
+    reference that tests and ``benchmarks/augment_throughput.py`` compare the stage's output with."""
     branches = compile_branches(cfg, fit_on if fit_on is not None else sequences, items, models_dir)
     schema = output_schema(AUGMENTED_SEQUENCES)
 
@@ -200,12 +255,66 @@ def augment_sequences(sequences: DataFrame, cfg: AugmentConfig, seed: int, run_i
         for record_batch in batches:
             yield from augment_record_batch(record_batch, branches, cfg, seed, run_id, config_hash, schema)
 
-    spark = sequences.sparkSession
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
-    columns = ["user_id", "item_ids", "timestamps", "event_types", "session_ids",
-               *[c for c in CONTEXT_COLUMNS if c in sequences.columns]]
-    partitioned = sequences.select(*columns).repartition(cfg.partitions, "user_id")
-    return partitioned.mapInArrow(augment_partition, AUGMENTED_SEQUENCES)
+    return _stage_input(sequences, cfg).mapInArrow(augment_partition, AUGMENTED_SEQUENCES)
+
+
+def _stage_input(sequences: DataFrame, cfg: AugmentConfig) -> DataFrame:
+    """The columns the branches read, hash-partitioned by user id into ``cfg.partitions``; sets the
+    session's Arrow batch size to ``cfg.arrow_batch_rows``."""
+    sequences.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
+    columns = [*STAGE_INPUT_COLUMNS, *[c for c in CONTEXT_COLUMNS if c in sequences.columns]]
+    return sequences.select(*columns).repartition(cfg.partitions, "user_id")
+
+
+def real_rows(sequences: DataFrame, seed: int, run_id: str, config_hash: str) -> DataFrame:
+    """The real rows of ``AUGMENTED_SEQUENCES``, projected by Spark: each sequence whole, its
+    ``session_ids`` and context lists kept where they hold one value per event (else one null per
+    event; an absent context column: a null list), and the real provenance."""
+    from pyspark.sql import functions as F
+
+    events = F.size("item_ids")
+    nulls = F.array_repeat(F.lit(None).cast("string"), events)
+
+    def aligned(name: str):
+        if name not in sequences.columns:
+            return nulls if name == "session_ids" else F.lit(None).cast("array<string>")
+        column = F.col(name)
+        return F.when(column.isNotNull() & (F.size(column) == events), column).otherwise(nulls)
+
+    values = {"sequence_id": F.col("user_id"), "user_id": F.col("user_id"), "item_ids": F.col("item_ids"),
+              "timestamps": F.col("timestamps"), "event_types": F.col("event_types"),
+              "session_ids": aligned("session_ids"), **{c: aligned(c) for c in CONTEXT_COLUMNS},
+              "negative_item_ids": F.lit(None), "length": events,
+              **provenance(None, None, seed=seed, run_id=run_id, config_hash=config_hash)}
+    return sequences.select(*[_typed(values[f.name], f) for f in AUGMENTED_SEQUENCES.fields])
+
+
+def with_provenance(augmented: DataFrame, branches: list[CompiledBranch], seed: int, run_id: str,
+                    config_hash: str) -> DataFrame:
+    """Branch rows (:data:`BRANCH_ROWS`) with the provenance columns of their branch, as
+    ``AUGMENTED_SEQUENCES``: a constant per branch index, looked up by Spark."""
+    from pyspark.sql import functions as F
+
+    def by_branch(name: str):
+        *rest, last = branches
+        value = provenance(last, 0, seed=seed, run_id=run_id, config_hash=config_hash)[name]
+        expr = F.lit(value)
+        for branch in reversed(rest):
+            own = provenance(branch, 0, seed=seed, run_id=run_id, config_hash=config_hash)[name]
+            expr = F.when(F.col("branch") == branch.index, F.lit(own)).otherwise(expr)
+        return expr
+
+    return augmented.select(*[_typed(by_branch(f.name) if f.name in SPARK_PROVENANCE else F.col(f.name), f)
+                              for f in AUGMENTED_SEQUENCES.fields])
+
+
+def _typed(value, field):
+    """``value`` (a Column or a Python constant) cast to ``field``'s type and named after it."""
+    from pyspark.sql import Column
+    from pyspark.sql import functions as F
+
+    column = value if isinstance(value, Column) else F.lit(value)
+    return column.cast(field.dataType).alias(field.name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +347,8 @@ def compile_item_branches(cfg: ItemAugmentConfig, lexicon_name: str | None,
         params = {op.name: op.params.model_dump(mode="json") for op in operators}
         params["_target"] = {"long_tail_share": cfg.long_tail_share} if tail_only else {}
         tags = [lexicon_name] if any(op.kind == "text" for op in operators) and lexicon_name else []
-        tags += [generators[op.artifact].tag for op in operators if op.artifact and generators and op.artifact in generators]
+        tags += [generators[op.artifact].tag for op in operators
+                 if op.artifact and generators and op.artifact in generators]
         branches.append(CompiledItemBranch(index, ">".join(branch.operators), operators, branch.copies, tail_only,
                                            json.dumps(params, sort_keys=True), ",".join(dict.fromkeys(tags)) or None))
     return branches

@@ -21,7 +21,7 @@ from recaug_spark.augment import (  # noqa: F401  (importing them registers thei
 from recaug_spark.augment.base import ITEM_REGISTRY, REGISTRY, Augmenter
 from recaug_spark.augment.item_ops import ItemAugmenter
 
-__all__ = ["ITEM_REGISTRY", "REGISTRY", "build", "build_item"]
+__all__ = ["ITEM_REGISTRY", "REGISTRY", "build", "build_item", "time_based_uses"]
 
 
 def build(name: str, params: dict | None = None) -> Augmenter:
@@ -32,3 +32,17 @@ def build(name: str, params: dict | None = None) -> Augmenter:
 def build_item(name: str, params: dict | None = None) -> ItemAugmenter:
     """An item augmenter from its config name and parameters; unknown names or parameters fail here."""
     return ITEM_REGISTRY.build(name, params)
+
+
+def time_based_uses(branches) -> list[str]:
+    """What in ``branches`` (``BranchConfig``s) depends on real timestamps: operators that read
+    time or time-derived sessions, and ``cold_start_days`` targeting; e.g.
+    ``["branch 5 (synthetic_user): cold_start_days targeting"]``. Empty when nothing does."""
+    uses = []
+    for index, branch in enumerate(branches, 1):
+        label = f"branch {index} ({branch.chain})"
+        uses += [f"{label}: operator {name!r} reads timestamps" for name in branch.operators
+                 if getattr(REGISTRY.get(name), "needs_real_time", False)]
+        if branch.cold_start_days is not None:
+            uses.append(f"{label}: cold_start_days targeting")
+    return uses

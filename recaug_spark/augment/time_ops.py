@@ -63,6 +63,7 @@ class TimeInsert(CatalogAugmenter):
     """
 
     name = "time_insert"
+    needs_real_time = True
 
     class Params(CatalogParams):
         min_gap_minutes: float = Field(30.0, gt=0, description="smallest gap that may receive an item")
@@ -106,6 +107,7 @@ class TimeCrop(Augmenter):
     """
 
     name = "time_crop"
+    needs_real_time = True
 
     class Params(Params):
         span: float = Field(0.5, gt=0, le=1, description="share of the sequence's time span kept")
@@ -138,6 +140,7 @@ class SessionCrop(Augmenter):
     """
 
     name = "session_crop"
+    needs_real_time = True
 
     class Params(SessionParams):
         share: float = Field(0.6, gt=0, le=1, description="share of the sessions kept")
@@ -166,6 +169,7 @@ class SessionReorder(Augmenter):
     """
 
     name = "session_reorder"
+    needs_real_time = True
 
     class Params(SessionParams):
         min_length: int = Field(2, ge=2, description="shorter sessions keep their order")
@@ -192,6 +196,7 @@ class TimeShift(Augmenter):
     """
 
     name = "time_shift"
+    needs_real_time = True
 
     class Params(Params):
         max_weeks: int = Field(4, ge=1, description="largest shift, in weeks")
@@ -226,6 +231,7 @@ class TimeJitter(Augmenter):
     """
 
     name = "time_jitter"
+    needs_real_time = True
 
     class Params(Params):
         max_minutes: float = Field(10.0, gt=0, le=24 * 60, description="largest move of one timestamp")

@@ -15,8 +15,13 @@
 
 Idempotence: a write may carry ``txn=(app_id, version)``. When the table already records that
 application transaction at that version or later (:func:`committed`, :meth:`Warehouse.committed`),
-the write is skipped: re-running a stage with the same run id adds no rows (delta-rs itself would
-accept the duplicate commit, so we check).
+the write is skipped: re-running a stage with the same run id adds no rows. The check and the
+commit are one step for concurrent writers (:mod:`~recaug_spark.delta.commit`): the commit carries
+the transaction and is made on top of the version the check read, so of two concurrent writers with
+the same transaction exactly one commits and the other gets :class:`CommittedByConcurrentRun`; a
+different writer's conflicting commit gives :class:`ConcurrentWriteError`, never a lost update.
+
+Orphans of crashed writes are swept by :mod:`~recaug_spark.delta.vacuum` (``recaug vacuum``).
 
 Example::
 
@@ -27,6 +32,8 @@ Example::
 
 from recaug_spark.delta.base import (
     Backend,
+    CommittedByConcurrentRun,
+    ConcurrentWriteError,
     DeltaError,
     TableExistsError,
     TableNotFoundError,
@@ -37,14 +44,17 @@ from recaug_spark.delta.base import (
 from recaug_spark.delta.log import (
     FileListing,
     TableFile,
+    commit_metadata,
     committed,
     committed_txn_version,
     data_files,
     rows_by_partition,
     table_exists,
     table_version,
+    txn_commit_version,
 )
 from recaug_spark.delta.native import native_delta_available
+from recaug_spark.delta.vacuum import VacuumReport, sweep, vacuum_table, warehouse_tables
 from recaug_spark.delta.warehouse import (
     Warehouse,
     choose_backend,
@@ -56,8 +66,10 @@ from recaug_spark.delta.warehouse import (
 )
 
 __all__ = [
-    "Backend", "DeltaError", "FileListing", "TableExistsError", "TableFile", "TableNotFoundError", "Txn",
-    "Warehouse", "WriteMode", "WriteResult", "choose_backend", "committed", "committed_txn_version", "data_files",
-    "is_table_path", "native_delta_available", "read_table", "replace_rows_by_key", "resolve_uri", "rows_by_partition",
-    "table_exists", "table_version", "write_table",
+    "Backend", "CommittedByConcurrentRun", "ConcurrentWriteError", "DeltaError", "FileListing", "TableExistsError",
+    "TableFile", "TableNotFoundError", "Txn",
+    "Warehouse", "WriteMode", "WriteResult", "choose_backend", "commit_metadata", "committed", "committed_txn_version",
+    "data_files", "is_table_path", "native_delta_available", "read_table", "replace_rows_by_key", "resolve_uri",
+    "rows_by_partition", "table_exists", "table_version", "txn_commit_version", "VacuumReport", "sweep", "vacuum_table",
+    "warehouse_tables", "write_table",
 ]

@@ -22,6 +22,17 @@ class TableNotFoundError(DeltaError):
     pass
 
 
+class ConcurrentWriteError(DeltaError):
+    """Another writer committed to the table, since this write read it, something Delta's conflict
+    rules forbid committing on top of (an overwrite of the same files, a concurrent create). Nothing
+    of this write became visible; rerunning the stage builds on the new version."""
+
+
+class CommittedByConcurrentRun(DeltaError):
+    """A concurrent run with the same application transaction (same run id and stage) committed
+    first: this write added nothing, and the stage must write nothing more. Not a failure."""
+
+
 @dataclass(frozen=True)
 class WriteResult:
     table: str

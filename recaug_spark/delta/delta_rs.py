@@ -2,7 +2,8 @@
 the ``deltalake`` (delta-rs) library keeps the log.
 
 A write stages its files (:mod:`recaug_spark.delta.staging`) and makes them visible in one atomic
-commit; until that commit nothing is visible, so a failed job leaves no partial data. A read lists
+commit on top of the version it read (:mod:`recaug_spark.delta.commit`); until that commit nothing
+is visible, so a failed job leaves no partial data. A read lists
 the version's files from the log (skipping files by partition values and statistics) and hands
 them to Spark's Parquet reader.
 """
@@ -10,52 +11,46 @@ them to Spark's Parquet reader.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, Schema, Transaction
+from deltalake import DeltaTable, Schema
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recaug_spark.delta.base import DeltaError, Txn, WriteMode, WriteResult
+from recaug_spark.delta.commit import commit_actions
 from recaug_spark.delta.filters import Filters, apply_filters, partition_filters
-from recaug_spark.delta.log import table_version
 from recaug_spark.delta.staging import added_rows, staged
 from recaug_spark.delta.stats import arrow_schema as to_arrow_schema
 from recaug_spark.paths import decoded_path, file_uri, local_path
 
 
-def write(df: DataFrame, name: str, uri: str, mode: WriteMode, exists: bool, partition_by: Sequence[str],
-          replace_partitions: Mapping[str, Iterable] | None, txn: Txn | None) -> WriteResult:
-    """Stage ``df``'s files and commit them as one table version (creating the table if needed)."""
-    from deltalake.transaction import create_table_with_add_actions
-
+def write(df: DataFrame, name: str, uri: str, mode: WriteMode, snapshot: DeltaTable | None, partition_by: Sequence[str],
+          replace_partitions: Mapping[str, Iterable] | None, txn: Txn | None,
+          metadata: Mapping[str, str] | None = None) -> WriteResult:
+    """Stage ``df``'s files and commit them as one table version on top of ``snapshot`` (the table as
+    this write read it, before any file was written; None: create the table) — see
+    :mod:`recaug_spark.delta.commit` for what a concurrent writer does to it."""
     schema_arrow = to_arrow_schema(df.schema)
+    if snapshot is not None:
+        snapshot = _add_new_columns(name, uri, snapshot, schema_arrow, mode)
+        _check_compatible(name, snapshot, schema_arrow, partition_by, mode)
+    filters = partition_filters(replace_partitions) if (replace_partitions and snapshot is not None) else None
     with staged(df, uri, partition_by, schema_arrow) as actions:
-        schema = Schema.from_arrow(schema_arrow)
-        with _commit_errors(name):
-            if not exists:
-                create_table_with_add_actions(
-                    uri, schema, actions, mode="error", partition_by=list(partition_by) or None,
-                    commit_properties=_commit_properties(txn),
-                )
-            else:
-                table = DeltaTable(uri)
-                _check_compatible(name, table, schema_arrow, partition_by, mode)
-                filters = partition_filters(replace_partitions) if replace_partitions else None
-                table.create_write_transaction(
-                    actions, mode, schema, partition_by=list(partition_by) or None,
-                    partition_filters=filters, commit_properties=_commit_properties(txn),
-                )
-    return WriteResult(name, uri, table_version(uri), files=len(actions), rows=added_rows(actions), skipped=False)
+        version = commit_actions(uri, snapshot, actions, mode=mode, schema=Schema.from_arrow(schema_arrow),
+                                 partition_by=partition_by, partition_filters=filters, txn=txn, name=name,
+                                 metadata=metadata)
+    return WriteResult(name, uri, version, files=len(actions), rows=added_rows(actions), skipped=False)
 
 
-def replace_rows(df: DataFrame, name: str, uri: str, key: str, keys: DataFrame, txn: Txn | None) -> WriteResult:
+def replace_rows(df: DataFrame, name: str, uri: str, key: str, keys: DataFrame, txn: Txn | None,
+                 metadata: Mapping[str, str] | None = None) -> WriteResult:
     """Copy-on-write merge by key in one commit: the files holding a key of ``keys`` are rewritten
-    without those keys' rows, ``df``'s rows are added, every other file stays as it is."""
+    without those keys' rows, ``df``'s rows are added, every other file stays as it is. The commit
+    is made on top of the version read, so a concurrent change to those files fails it."""
     from deltalake.transaction import RemoveAction
 
     spark = df.sparkSession
@@ -84,11 +79,9 @@ def replace_rows(df: DataFrame, name: str, uri: str, key: str, keys: DataFrame, 
                                     size=action["size_bytes"],
                                     partition_values=action.get("partition_values")))
     with staged(rows, uri, partition_by, schema_arrow) as added:
-        with _commit_errors(name):
-            table.create_write_transaction(added + removed, "append", Schema.from_arrow(schema_arrow),
-                                           partition_by=partition_by or None,
-                                           commit_properties=_commit_properties(txn))
-    return WriteResult(name, uri, table_version(uri), files=len(added), rows=added_rows(added), skipped=False)
+        version = commit_actions(uri, table, added + removed, mode="append", schema=Schema.from_arrow(schema_arrow),
+                                 partition_by=partition_by, txn=txn, name=name, metadata=metadata)
+    return WriteResult(name, uri, version, files=len(added), rows=added_rows(added), skipped=False)
 
 
 def read(spark: SparkSession, uri: str, version: int | None, filters: Filters) -> DataFrame:
@@ -122,23 +115,24 @@ def _relative_paths(table: DeltaTable, file_uris: list[str]) -> list[str]:
     return out
 
 
-def _commit_properties(txn: Txn | None) -> CommitProperties | None:
-    if txn is None:
-        return None
-    return CommitProperties(
-        app_transactions=[Transaction(app_id=txn[0], version=txn[1])],
-        custom_metadata={"recaug.txn": f"{txn[0]}@{txn[1]}"},
-    )
-
-
-@contextmanager
-def _commit_errors(name: str):
-    from deltalake.exceptions import CommitFailedError
-
-    try:
-        yield
-    except CommitFailedError as error:
-        raise DeltaError(f"commit to {name} failed (another writer committed first?): {error}") from error
+def _add_new_columns(name: str, uri: str, table: DeltaTable, schema_arrow: pa.Schema, mode: str) -> DeltaTable:
+    """Schema evolution for appends, additive only: when the new rows have the table's columns (same
+    names and types, same order) followed by new nullable ones — e.g. ``quarantine`` rows written by
+    a newer recaug into a warehouse an older one created — the columns are added to the table first
+    (a metadata-only commit; older rows read them as null). Anything else is left to
+    ``_check_compatible`` to refuse. Returns the table as it is now."""
+    if mode != "append":
+        return table
+    current = [(f.name, f.type) for f in pa.schema(table.schema().to_arrow())]
+    new = Schema.from_arrow(schema_arrow).fields
+    head = [(f.name, f.type) for f in pa.schema(Schema(new[:len(current)]).to_arrow())]
+    if len(new) <= len(current) or head != current:
+        return table
+    extra = new[len(current):]
+    if not all(f.nullable for f in extra):
+        return table
+    table.alter.add_columns(extra)
+    return DeltaTable(uri)
 
 
 def _check_compatible(name: str, table: DeltaTable, schema_arrow: pa.Schema, partition_by, mode) -> None:

@@ -6,6 +6,7 @@ table version (the files a reader pinned to that version must read, with their p
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -34,11 +35,37 @@ def committed_txn_version(uri: str, app_id: str) -> int | None:
     return DeltaTable(uri).transaction_version(app_id)
 
 
-def committed(uri: str, txn: Txn) -> bool:
-    """True when the table at ``uri`` records the application transaction ``txn = (app_id, version)``
-    at that version or a later one: a write carrying ``txn`` was already made (a retry of the run)."""
-    done = committed_txn_version(uri, txn[0])
+def committed(uri: str, txn: Txn, snapshot: DeltaTable | None = None) -> bool:
+    """True when the table at ``uri`` (or the loaded ``snapshot`` of it) records the application
+    transaction ``txn = (app_id, version)`` at that version or a later one: a write carrying ``txn``
+    was already made (a retry of the run, or a concurrent run with the same id)."""
+    if snapshot is not None:
+        done = snapshot.transaction_version(txn[0])
+    else:
+        done = committed_txn_version(uri, txn[0])
     return done is not None and done >= txn[1]
+
+
+def txn_commit_version(uri: str, txn: Txn) -> int | None:
+    """The table version whose commit carried the application transaction ``txn``; None when the
+    table does not record it. A binary search over versions (a txn, once recorded, stays recorded),
+    so the answer names the version that run wrote even when other runs committed after it."""
+    if not committed(uri, txn):
+        return None
+    table = DeltaTable(uri)
+    low, high = 0, table.version()  # invariant: recorded at `high`
+    while low < high:
+        middle = (low + high) // 2
+        try:
+            table.load_as_version(middle)
+            recorded = committed(uri, txn, snapshot=table)
+        except Exception:  # noqa: BLE001 - that version's log was cleaned up: it is before the commit we look for
+            recorded = False
+        if recorded:
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def rows_by_partition(uri: str, column: str, version: int | None = None) -> dict[str | None, int]:
@@ -48,6 +75,27 @@ def rows_by_partition(uri: str, column: str, version: int | None = None) -> dict
     for value, rows in zip(actions.column(f"partition.{column}").to_pylist(), actions.column("num_records").to_pylist()):
         counts[value] = counts.get(value, 0) + int(rows)
     return counts
+
+
+def commit_metadata(uri: str, version: int | None = None, prefix: str = "recaug.") -> dict[str, str]:
+    """The ``prefix``-keyed metadata of the newest commit at or before ``version`` (default: the
+    latest) that carries any: delta-rs keeps it as top-level ``commitInfo`` fields, Spark's native
+    writer as a JSON ``userMetadata`` string. Empty when no commit carries any (or no table)."""
+    if not table_exists(uri):
+        return {}
+    for commit in sorted(DeltaTable(uri).history(), key=lambda c: -int(c.get("version", -1))):
+        if version is not None and int(commit.get("version", -1)) > version:
+            continue
+        found = {k: str(v) for k, v in commit.items() if k.startswith(prefix) and k != f"{prefix}txn"}
+        try:
+            user = json.loads(commit.get("userMetadata") or "{}")
+        except ValueError:
+            user = {}
+        if isinstance(user, dict):
+            found |= {k: str(v) for k, v in user.items() if k.startswith(prefix)}
+        if found:
+            return found
+    return {}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ folders, and each is described as a Delta add action with statistics from its fo
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from contextlib import contextmanager
@@ -21,27 +22,67 @@ from recaug_spark.paths import file_uri, is_uri
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the folder name Spark gives a null partition value
 
 
+STAGING_DIR = "_staging"  # under the table root; delta-rs ignores folders starting with "_"
+
+
 @contextmanager
 def staged(df: DataFrame, uri: str, partition_by, arrow_schema: pa.Schema):
     """Write ``df`` with Spark into a staging folder, move the files into place, yield add actions.
 
-    The staging folder is removed afterwards whatever happens; files already moved but never
-    committed are invisible to readers (Delta reads only committed files).
+    The body of the ``with`` must end with the commit. The staging folder is removed afterwards
+    whatever happens; when the body raises, the files already moved in are deleted again unless
+    the table's latest version references them (a commit that succeeded before a later error).
+    Only a killed driver leaves files behind: :mod:`recaug_spark.delta.vacuum` sweeps them.
     """
     fs, root = pafs.FileSystem.from_uri(uri)
-    staging = f"{root}/_staging/{uuid.uuid4().hex}"
+    staging = f"{root}/{STAGING_DIR}/{uuid.uuid4().hex}"
     writer = df.write.mode("error")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
+    published: list[str] = []
     try:
         writer.parquet(staging if is_uri(uri) else file_uri(staging))
-        yield [_publish(fs, root, staging, relative, arrow_schema) for relative in _staged_files(fs, staging)]
+        actions = []
+        for relative in _staged_files(fs, staging):
+            actions.append(_publish(fs, root, staging, relative, arrow_schema))
+            published.append(relative)
+        yield actions
+    except BaseException:
+        _discard_uncommitted(fs, uri, root, published)
+        raise
     finally:
-        fs.delete_dir_contents(staging, missing_dir_ok=True)
+        remove_staging(fs, root, staging)
+
+
+def remove_staging(fs: pafs.FileSystem, root: str, staging: str) -> None:
+    """Delete one staging folder, and the ``_staging`` parent once it is empty."""
+    for path in (staging, f"{root}/{STAGING_DIR}"):
         try:
-            fs.delete_dir(staging)
+            if path == staging:
+                fs.delete_dir_contents(path, missing_dir_ok=True)
+            elif fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+                continue  # another writer's staging folder is in it
+            fs.delete_dir(path)
         except (FileNotFoundError, OSError):
             pass
+
+
+def _discard_uncommitted(fs: pafs.FileSystem, uri: str, root: str, published: list[str]) -> None:
+    """Delete the moved-in files of a write whose commit did not happen (a failed or lost commit)."""
+    from deltalake import DeltaTable
+
+    if not published:
+        return
+    try:
+        referenced = {unquote(p) for p in DeltaTable(uri).get_add_actions(flatten=True).column("path").to_pylist()}
+    except Exception:  # noqa: BLE001 - no table (a failed create): nothing references the files
+        referenced = set()
+    for relative in published:
+        if relative not in referenced:
+            try:
+                fs.delete_file(f"{root}/{relative}")
+            except (FileNotFoundError, OSError):
+                pass
 
 
 def added_rows(actions) -> int:
@@ -69,6 +110,8 @@ def _publish(fs, root: str, staging: str, relative: str, arrow_schema: pa.Schema
     parent = destination.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     fs.move(f"{staging}/{relative}", destination)
+    if isinstance(fs, pafs.LocalFileSystem):  # a rename keeps the task's mtime: the sweep's age counts from here
+        os.utime(destination)
     partition_values = {}
     for part in relative.split("/")[:-1]:
         key, _, value = part.partition("=")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Sequence
 
+from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 import recaug_spark.delta.delta_rs as delta_rs
@@ -22,9 +23,11 @@ from recaug_spark.delta.base import (
     WriteMode,
     WriteResult,
 )
+from recaug_spark.delta.commit import committed_version
 from recaug_spark.delta.filters import Filters
 from recaug_spark.delta.log import committed, table_exists, table_version
 from recaug_spark.delta.native import native_delta_available
+from recaug_spark.delta.vacuum import needs_sweep, sweep
 from recaug_spark.paths import is_uri
 from recaug_spark.session import ensure_driver
 
@@ -70,8 +73,10 @@ def _target(name_or_uri: str, warehouse: str | None) -> tuple[str, str]:
     return (uri if is_table_path(name_or_uri) else name_or_uri), uri
 
 
-def _skipped(name: str, uri: str) -> WriteResult:
-    return WriteResult(name, uri, table_version(uri), files=0, rows=0, skipped=True)
+def _skipped(name: str, uri: str, txn: Txn) -> WriteResult:
+    """A write whose transaction is already in the table: its version is the one that transaction
+    committed (not the latest: another run may have committed since)."""
+    return WriteResult(name, uri, committed_version(uri, txn), files=0, rows=0, skipped=True)
 
 
 class Warehouse:
@@ -104,6 +109,10 @@ class Warehouse:
         later): a write carrying it would be skipped. False when the table does not exist."""
         return committed(self.uri(name_or_uri), txn)
 
+    def committed_version(self, name_or_uri: str, txn: Txn) -> int:
+        """The table version that ``txn`` committed (the latest when the table does not record it)."""
+        return committed_version(self.uri(name_or_uri), txn)
+
     def write(self, name_or_uri: str, df: DataFrame, **options) -> WriteResult:
         return write_table(df, name_or_uri, warehouse=self.root, backend=self.backend, **options)
 
@@ -121,25 +130,30 @@ def write_table(
     replace_partitions: Mapping[str, Iterable] | None = None,
     txn: Txn | None = None,
     backend: Backend = "auto",
+    metadata: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Write ``df`` as a Delta table version in one atomic commit.
 
     ``mode``: ``error`` (the default: refuse an existing table), ``append`` or ``overwrite``.
     ``replace_partitions={"dt": [...]}`` with ``mode="overwrite"`` replaces only those partitions.
     ``txn=(app_id, version)`` makes the write idempotent (see :mod:`recaug_spark.delta`).
+    ``metadata`` (string keys and values) is recorded in the commit's ``commitInfo``, readable
+    without Spark by :func:`recaug_spark.delta.commit_metadata`.
     """
     ensure_driver("write_table")
     _check_write_options(df, mode, partition_by, replace_partitions)
     name, uri = _target(name_or_uri, warehouse)
     backend = choose_backend(df.sparkSession, backend)
-    exists = table_exists(uri)
-    if txn is not None and exists and committed(uri, txn):
-        return _skipped(name, uri)
-    if mode == "error" and exists:
+    if backend != "native" and needs_sweep(uri):  # a crashed write left files: delete them first
+        sweep(uri)
+    snapshot = DeltaTable(uri) if table_exists(uri) else None  # the version this write reads and commits on
+    if txn is not None and snapshot is not None and committed(uri, txn, snapshot=snapshot):
+        return _skipped(name, uri, txn)
+    if mode == "error" and snapshot is not None:
         raise TableExistsError(f"table {name} already exists at {uri}; use mode 'append' or 'overwrite'")
     if backend == "native":
-        return native.write(df, name, uri, mode, partition_by, replace_partitions, txn)
-    return delta_rs.write(df, name, uri, mode, exists, partition_by, replace_partitions, txn)
+        return native.write(df, name, uri, mode, partition_by, replace_partitions, txn, metadata)
+    return delta_rs.write(df, name, uri, mode, snapshot, partition_by, replace_partitions, txn, metadata)
 
 
 def _check_write_options(df: DataFrame, mode: str, partition_by: Sequence[str],
@@ -164,6 +178,7 @@ def replace_rows_by_key(
     warehouse: str | None = None,
     txn: Txn | None = None,
     backend: Backend = "auto",
+    metadata: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Replace every row whose ``key`` is in ``keys`` by the rows of ``df``, in one commit.
 
@@ -171,20 +186,21 @@ def replace_rows_by_key(
     files holding at least one affected key are rewritten, without those keys' old rows; every
     other file, and so every other row, stays exactly as it was. ``df`` must hold rows for the
     affected keys only. Keys in ``keys`` without rows in ``df`` end up with no rows (deletion).
-    The native backend runs a Delta ``MERGE`` delete and an append (two commits).
+    The native backend runs a Delta ``MERGE`` delete and an append (two commits). ``metadata``: as in
+    :func:`write_table` (the native backend records it on its append).
     """
     ensure_driver("replace_rows_by_key")
     name, uri = _target(name_or_uri, warehouse)
     if not table_exists(uri):
         raise TableNotFoundError(f"no Delta table '{name_or_uri}' at {uri}")
     if txn is not None and committed(uri, txn):
-        return _skipped(name, uri)
+        return _skipped(name, uri, txn)
     spark = df.sparkSession
     keys = keys.select(key).distinct()
     if choose_backend(spark, backend) == "native":
         native.delete_keys(spark, uri, key, keys)
-        return native.write(df, name, uri, "append", [], None, txn)
-    return delta_rs.replace_rows(df, name, uri, key, keys, txn)
+        return native.write(df, name, uri, "append", [], None, txn, metadata)
+    return delta_rs.replace_rows(df, name, uri, key, keys, txn, metadata)
 
 
 def read_table(

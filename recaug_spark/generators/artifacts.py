@@ -85,8 +85,11 @@ def _versions(folder: Path) -> list[int]:
 
 
 def save_artifact(models_dir, name: str, *, kind: str, files: dict[str, bytes], config: dict, trained_on: dict,
-                  vocabulary: list[str] | None = None, fidelity: dict | None = None) -> ArtifactRef:
-    """Write a new version of artifact ``name`` atomically and return its reference."""
+                  vocabulary: list[str] | None = None, fidelity: dict | None = None,
+                  data_hash: str | None = None) -> ArtifactRef:
+    """Write a new version of artifact ``name`` atomically and return its reference.
+
+    ``data_hash`` (:func:`data_fingerprint` of the training data) lets :func:`reusable` find it again."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"artifact name {name!r}: use letters, digits, '_', '.', '-'")
     reserved = {MANIFEST, VOCABULARY} & set(files)
@@ -107,6 +110,7 @@ def save_artifact(models_dir, name: str, *, kind: str, files: dict[str, bytes], 
             "vocabulary_hash": vocabulary_hash(vocabulary) if vocabulary is not None else None,
             "files": sorted(payload), "content_hash": content_hash(staging, payload),
             "fidelity": fidelity or {}, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "data_hash": data_hash,
         }
         while True:  # another writer may take a version number first: rename fails, try the next
             version = f"v{(_versions(root) or [0])[-1] + 1}"
@@ -120,6 +124,63 @@ def save_artifact(models_dir, name: str, *, kind: str, files: dict[str, bytes], 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArtifactRef(name, version, str(root / version), manifest["content_hash"])
+
+
+def data_fingerprint(*parts) -> str:
+    """sha256 of the training data as the fitter sees it (Arrow arrays / tables, numpy arrays, strings,
+    JSON-able values), with :data:`FIT_CODE_VERSION`: equal fingerprints mean the same training input
+    for the same training code, whatever table version or Spark partitioning it came from."""
+    import numpy as np
+    import pyarrow as pa
+
+    digest = hashlib.sha256(f"fit-code {FIT_CODE_VERSION}".encode())
+    for part in parts:
+        if isinstance(part, pa.Table):
+            part = part.combine_chunks()
+            for column in part.columns:
+                _hash_arrow(digest, column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+        elif isinstance(part, (pa.Array, pa.ChunkedArray)):
+            _hash_arrow(digest, part.combine_chunks() if isinstance(part, pa.ChunkedArray) else part)
+        elif isinstance(part, np.ndarray):
+            digest.update(f"{part.dtype}{part.shape}".encode() + np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+def _hash_arrow(digest, array) -> None:
+    """Feed an Arrow array's values (not its buffers: slicing and chunking must not matter) to ``digest``."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    batch = pa.record_batch([array], names=["v"])
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    digest.update(sink.getvalue().to_pybytes())
+
+
+# Bumped whenever a change in the fitting code changes what a fit produces from the same data and
+# config, so that artifacts of older code are not reused (:func:`reusable`).
+FIT_CODE_VERSION = 2
+
+
+def reusable(models_dir, name: str, config: dict, data_hash: str) -> ArtifactRef | None:
+    """The newest intact version of ``name`` fitted with ``config`` on data of ``data_hash``, else None.
+
+    Refitting it would give the same model (fits are deterministic), so the fit stage reuses it."""
+    root = _local(models_dir) / name
+    for number in reversed(_versions(root)):
+        path = root / f"v{number}"
+        try:
+            written = _read_manifest(path)
+            ref = ArtifactRef(written["name"], written["version"], str(path), written["content_hash"])
+            if written.get("data_hash") == data_hash and written.get("config") == config:
+                verify(ref)
+                return ref
+        except (ArtifactError, KeyError, OSError):
+            continue  # a broken version is never reused; an older intact one may be
+    return None
 
 
 def latest(models_dir, name: str) -> ArtifactRef:

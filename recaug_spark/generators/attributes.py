@@ -41,6 +41,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from recaug_spark import rng
-from recaug_spark.generators.artifacts import ArtifactRef, save_artifact
-from recaug_spark.generators.runtime import device, register_loader
+from recaug_spark.generators.artifacts import ArtifactRef, data_fingerprint, reusable, save_artifact
+from recaug_spark.generators.runtime import (
+    EpochProgress,
+    HeldOutStopping,
+    device,
+    register_loader,
+    seed_everything,
+    torch_threads,
+)
 from recaug_spark.text.attributes import is_number, parse_attributes
 from recaug_spark.text.tokens import terms
 
@@ -70,7 +78,11 @@ class AttributeGeneratorConfig(BaseModel):
     latent: int = Field(8, ge=1)
     hidden: int = Field(64, ge=4)
     text_dims: int = Field(8, ge=0)  # SVD dimensions of the text embedding (0: no text)
-    epochs: int = Field(150, ge=1)
+    epochs: int = Field(150, ge=1)  # a cap: training stops sooner when the held-out loss stops improving
+    patience: int = Field(20, ge=1)  # epochs without a better held-out loss before training stops
+    min_improvement: float = Field(0.0, ge=0)  # relative decrease of the held-out loss that counts as better
+    validation_share: float = Field(0.1, ge=0, lt=1)  # fitted items left out of training to stop early (0: every epoch)
+    num_threads: int = Field(1, ge=1)  # torch threads while fitting (runtime.torch_threads says why 1)
     lr: float = Field(3e-3, gt=0)
     beta: float = Field(1.0, gt=0)  # weight of the KL term
     min_count: int = Field(3, ge=1)  # categorical values seen fewer times pool into "other"
@@ -252,27 +264,68 @@ def _vae_loss(model, x, codes, kinds: list[tuple[str, int]], beta: float):
     return (loss + beta * kl) / len(x)
 
 
-def train_vae(x: np.ndarray, codes: np.ndarray, schema: Schema, cfg: AttributeGeneratorConfig):
-    """The conditional VAE trained full-batch with Adam (catalogs of long-tail items are small)."""
+def _held_out_vae_loss(model, x, codes, kinds, beta: float) -> float:
+    """The VAE loss of held-out rows with z = μ (no sampling: the same figure every time it is asked)."""
+    import torch
+    from torch.nn import functional as F
+
+    with torch.no_grad():
+        mu, log_var = model.encode(x, codes)
+        out, loss, start = model.decode(mu, codes), 0.0, 0
+        for kind, width in kinds:
+            part, target = out[:, start:start + width], x[:, start:start + width]
+            loss += float(F.cross_entropy(part, target.argmax(dim=1), reduction="sum") if kind == "categorical"
+                          else F.mse_loss(part, target, reduction="sum"))
+            start += width
+        kl = float(-0.5 * torch.sum(1 + log_var - mu.pow(2) - log_var.exp()))
+    return (loss + beta * kl) / max(len(x), 1)
+
+
+def train_vae(x: np.ndarray, codes: np.ndarray, schema: Schema, cfg: AttributeGeneratorConfig,
+              held_out: np.ndarray | None = None):
+    """(the conditional VAE trained with Adam in batches of 256, its training summary).
+
+    ``epochs`` is a cap: with ``held_out`` (a bool mask over the rows) those rows are left out of
+    training and training stops once their loss has not improved for ``patience`` epochs; the best
+    epoch's weights are kept. Deterministic for the same rows in the same order, config and seed."""
+    with torch_threads(cfg.num_threads):
+        return _train_vae(x, codes, schema, cfg, held_out)
+
+
+def _train_vae(x: np.ndarray, codes: np.ndarray, schema: Schema, cfg: AttributeGeneratorConfig, held_out):
     import torch
 
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     model = _build_vae(x.shape[1], len(schema.categories), cfg.model_dump())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    xs, cs = torch.from_numpy(x), torch.from_numpy(codes)
-    kinds = kinds_of(schema)
-    generator = np.random.default_rng(cfg.seed)
-    batch = 256
-    model.train()
-    for _ in range(cfg.epochs):
-        order = generator.permutation(len(x))
-        for start in range(0, len(x), batch):
+    held_out = np.zeros(len(x), bool) if held_out is None or held_out.all() else held_out
+    xs, cs = torch.from_numpy(x[~held_out]), torch.from_numpy(codes[~held_out])
+    check = (torch.from_numpy(x[held_out]), torch.from_numpy(codes[held_out])) if held_out.any() else None
+    kinds, stopping = kinds_of(schema), HeldOutStopping(cfg.patience, cfg.min_improvement)
+    progress, generator, batch = EpochProgress("[fit] attribute VAE", cfg.epochs), np.random.default_rng(cfg.seed), 256
+    for epoch in range(cfg.epochs):
+        model.train()
+        order, total = generator.permutation(len(xs)), 0.0
+        for start in range(0, len(xs), batch):
             rows = torch.from_numpy(order[start:start + batch])
             loss = _vae_loss(model, xs[rows], cs[rows], kinds, cfg.beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return model.eval()
+            total += float(loss.detach()) * len(rows)
+        model.eval()
+        detail = f"loss {total / max(len(xs), 1):.4f}"
+        if check is not None:
+            held = _held_out_vae_loss(model, *check, kinds, cfg.beta)
+            detail += f", held-out loss {held:.4f}" + (" (best)" if stopping.observe(epoch, held, model) else "")
+        if (epoch + 1) % 10 == 0 or stopping.stop or epoch + 1 == cfg.epochs:  # short epochs: every 10th line
+            progress.epoch(epoch + 1, detail)
+        if stopping.stop:
+            progress.note(f"stopped early after {epoch + 1} epochs; keeping epoch {stopping.best_epoch + 1}")
+            break
+    stopping.restore(model)
+    return model.eval(), {"epochs_trained": epoch + 1, "best_epoch": stopping.best_epoch + 1,
+                          "held_out_loss": stopping.best_loss, "held_out_items": int(held_out.sum())}
 
 
 # ---------------------------------------------------------------- decoding with constraints
@@ -560,14 +613,27 @@ def holdout_mask(item_ids, categories, share: float, seed: int) -> np.ndarray:
     return held
 
 
+def catalog_frame(items):
+    """The catalog's columns (pandas) in a stable order: by item id (then every column, for repeated
+    ids), so that the fitted VAE and copula never depend on the Spark partitioning."""
+    columns = ["item_id", "title", "description", "category", "price", "attributes"]
+    frame = items.select(*columns).toPandas()
+    return frame.sort_values(columns, kind="stable", na_position="last").reset_index(drop=True)
+
+
 def fit_attribute_generator(items, cfg: AttributeGeneratorConfig, models_dir, *, name: str = "item_attributes",
-                            trained_on: dict) -> ArtifactRef:
+                            trained_on: dict, reuse: bool = True) -> ArtifactRef:
     """Fit the VAE and the copula on the catalog (``items`` table, Spark), less the held-out items
     that measure their fidelity, choose the default method and save the artifact.
 
     Items without a valid (> 0) price or category are left out (their count is in the fidelity
-    report as ``excluded``)."""
-    frame = items.select("item_id", "title", "description", "category", "price", "attributes").toPandas()
+    report as ``excluded``). With ``reuse``, an artifact of ``models_dir`` fitted with the same
+    config on the same catalog is returned instead of fitting again."""
+    frame = catalog_frame(items)
+    fingerprint = data_fingerprint(frame.astype(object).where(frame.notna(), None).to_numpy().tolist())
+    if reuse and (found := reusable(models_dir, name, cfg.model_dump(mode="json"), fingerprint)) is not None:
+        print(f"[fit] {name}: reusing {found.tag} (same data and config)", file=sys.stderr, flush=True)
+        return found
     valid = frame["price"].notna() & (frame["price"] > 0) & frame["category"].notna()
     train = frame[valid].reset_index(drop=True)
     if len(train) < 10:
@@ -575,19 +641,23 @@ def fit_attribute_generator(items, cfg: AttributeGeneratorConfig, models_dir, *,
     schema = fit_schema(train, cfg)
     x, codes = schema.encode(train)
     held = holdout_mask(train["item_id"].tolist(), train["category"].tolist(), cfg.holdout, cfg.seed)
-    model = train_vae(x[~held], codes[~held], schema, cfg)
-    real = _columns(schema, x)
-    copula = fit_copula(real[~held], codes[~held], schema)
-    evaluate = held if held.any() else ~held  # no holdout: measured on the fitted items
-    report = measure(schema, model, copula, real[evaluate], codes[evaluate], real[~held], cfg.seed)
-    in_sample = measure(schema, model, copula, real[~held], codes[~held], real[~held], cfg.seed)
+    ids = rng.key_strings([str(i) for i in train["item_id"]])
+    stop_on = rng.uniform(cfg.seed, "attribute-early-stopping", ids, 0)[~held] < cfg.validation_share
+    with torch_threads(cfg.num_threads):
+        model, summary = train_vae(x[~held], codes[~held], schema, cfg, held_out=stop_on)
+        real = _columns(schema, x)
+        copula = fit_copula(real[~held], codes[~held], schema)
+        evaluate = held if held.any() else ~held  # no holdout: measured on the fitted items
+        report = measure(schema, model, copula, real[evaluate], codes[evaluate], real[~held], cfg.seed)
+        in_sample = measure(schema, model, copula, real[~held], codes[~held], real[~held], cfg.seed)
     report.update(chosen=choose_method(report), rule=CHOICE_RULE, items=int(len(train)), held_out=int(held.sum()),
-                  excluded=int((~valid).sum()), in_sample={m: in_sample[m] for m in ("vae", "copula")})
-    return _save(models_dir, name, schema, model, copula, cfg, trained_on, report)
+                  excluded=int((~valid).sum()), in_sample={m: in_sample[m] for m in ("vae", "copula")},
+                  training=summary)
+    return _save(models_dir, name, schema, model, copula, cfg, trained_on, report, fingerprint)
 
 
 def _save(models_dir, name: str, schema: Schema, model, copula: dict, cfg: AttributeGeneratorConfig,
-          trained_on: dict, report: dict) -> ArtifactRef:
+          trained_on: dict, report: dict, fingerprint: str | None = None) -> ArtifactRef:
     import torch
 
     weights = io.BytesIO()
@@ -599,7 +669,7 @@ def _save(models_dir, name: str, schema: Schema, model, copula: dict, cfg: Attri
              "schema.json": json.dumps(schema.to_json()).encode(), "copula.json": json.dumps(copula).encode(),
              "model.json": json.dumps({"input_width": int(input_width), **cfg.model_dump()}).encode()}
     return save_artifact(models_dir, name, kind=KIND, files=files, config=cfg.model_dump(mode="json"),
-                         trained_on=trained_on, fidelity=report)
+                         trained_on=trained_on, fidelity=report, data_hash=fingerprint)
 
 
 @register_loader(KIND)

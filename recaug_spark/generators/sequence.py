@@ -30,7 +30,6 @@ import io
 import json
 import math
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,17 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from recaug_spark import rng
-from recaug_spark.generators.artifacts import ArtifactRef, read_vocabulary, save_artifact
-from recaug_spark.generators.runtime import chunks, device, register_loader, set_torch_threads
+from recaug_spark.generators.artifacts import ArtifactRef, data_fingerprint, read_vocabulary, reusable, save_artifact
+from recaug_spark.generators.runtime import (
+    EpochProgress,
+    HeldOutStopping,
+    chunks,
+    device,
+    register_loader,
+    seed_everything,
+    set_torch_threads,
+    torch_threads,
+)
 
 KIND = "sequence_transformer"
 _LOGIT_ELEMENTS = 16_000_000  # targets × items per training step (bounds the logits' memory)
@@ -60,8 +68,12 @@ class SequenceGeneratorConfig(BaseModel):
     heads: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2)
     dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1)  # a cap: training stops sooner when the held-out loss stops improving
+    patience: int = Field(2, ge=1)  # epochs without a better held-out loss before training stops
+    min_improvement: float = Field(0.005, ge=0)  # relative decrease of the held-out loss that counts as better
+    validation_share: float = Field(0.1, ge=0, lt=1)  # users left out of training to stop early (0: every epoch)
     batch_size: int = Field(128, ge=1)
+    num_threads: int = Field(1, ge=1)  # torch threads while fitting (runtime.torch_threads says why 1)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
     num_processes: int = Field(1, ge=1)  # > 1: TorchDistributor ranks (local mode)
@@ -133,64 +145,116 @@ def _pad_left(histories: Sequence[np.ndarray], width: int) -> np.ndarray:
 # ---------------------------------------------------------------- training
 
 
-def train_model(inputs: np.ndarray, targets: np.ndarray, n_items: int, cfg: dict, rank: int = 0, world_size: int = 1):
+def _batch_rows(targets: np.ndarray, n_items: int, batch_size: int) -> int:
+    """Windows per step: ``batch_size``, fewer where the logits (targets × items) would exceed
+    :data:`_LOGIT_ELEMENTS`."""
+    # Logits only where there is a target (windows are mostly left padding on short-sequence data).
+    targets_per_window = max(1.0, float((targets > 0).sum()) / max(len(targets), 1))
+    return max(8, min(batch_size, int(_LOGIT_ELEMENTS // ((n_items + 1) * targets_per_window))))
+
+
+def _window_loss(trained, model, x, y, n_items: int, reduction: str = "mean"):
+    """Full-softmax next-item cross-entropy over every target (> 0) of a batch of windows."""
+    from torch.nn import functional as F
+
+    at = y > 0
+    logits = trained(x)[at] @ model.item_embeddings.weight[: n_items + 1].T
+    return F.cross_entropy(logits, y[at], reduction=reduction), int(at.sum())
+
+
+def held_out_loss(model, inputs: np.ndarray, targets: np.ndarray, n_items: int, batch: int, run_on) -> float:
+    """Mean next-item cross-entropy over every target of held-out windows (eval mode: no dropout)."""
+    import torch
+
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for part in chunks(len(inputs), batch):
+            loss, n = _window_loss(model, model, torch.from_numpy(inputs[part]).to(run_on),
+                                   torch.from_numpy(targets[part]).to(run_on), n_items, reduction="sum")
+            total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def _train_epoch(trained, model, optimizer, data, order: np.ndarray, mine: np.ndarray, steps: int, batch: int,
+                 n_items: int, run_on) -> float:
+    """One epoch of optimizer steps over ``order`` (this rank's windows, shuffled); the mean batch loss."""
+    x_all, y_all = data
+    loss_sum = 0.0
+    for step in range(steps):
+        rows = order[step * batch:(step + 1) * batch]
+        if len(rows) == 0:
+            rows = mine[:1] if len(mine) else np.array([0])
+        loss, _ = _window_loss(trained, model, x_all[rows].to(run_on), y_all[rows].to(run_on), n_items)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach())
+    return loss_sum / max(steps, 1)
+
+
+def train_model(inputs: np.ndarray, targets: np.ndarray, n_items: int, cfg: dict, rank: int = 0, world_size: int = 1,
+                held_out: tuple[np.ndarray, np.ndarray] | None = None):
     """Train SASRec with a full softmax on (input, target) windows; returns the state dict (rank 0).
 
+    ``epochs`` is a cap: with ``held_out`` windows (of users left out of training) training stops once
+    their loss has not improved for ``patience`` epochs, and the best epoch's weights are returned.
+    Deterministic: the same windows in the same order, config and seed give the same weights.
     The same function runs in one process or on each TorchDistributor rank (gradients all-reduced
-    by DistributedDataParallel; each rank takes every ``world_size``-th window).
+    by DistributedDataParallel; each rank takes every ``world_size``-th window; every rank measures
+    the same held-out loss on the same weights, so all stop at the same epoch).
     """
+    with torch_threads(cfg["num_threads"]):
+        return _train_model(inputs, targets, n_items, cfg, rank, world_size, held_out)
+
+
+def _train_model(inputs, targets, n_items: int, cfg: dict, rank: int, world_size: int, held_out):
     import torch
-    from torch.nn import functional as F
 
     from recaug_spark.train.models import SASRec
 
-    torch.manual_seed(cfg["seed"])
+    seed_everything(cfg["seed"])
     run_on = device()
     model = SASRec(n_items, hidden=cfg["hidden"], blocks=cfg["blocks"], heads=cfg["heads"], max_len=cfg["max_len"],
                    dropout=cfg["dropout"], attention_dropout=cfg["dropout"]).to(run_on)
-    trained = model
-    if world_size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    # Logits only where there is a target (windows are mostly left padding on short-sequence data).
-    targets_per_window = max(1.0, float((targets > 0).sum()) / max(len(targets), 1))
-    batch = max(8, min(cfg["batch_size"], int(_LOGIT_ELEMENTS // ((n_items + 1) * targets_per_window))))
+    batch = _batch_rows(targets, n_items, cfg["batch_size"])
     mine = np.arange(rank, len(inputs), world_size)
     generator = np.random.default_rng(cfg["seed"])
-    x_all, y_all = torch.from_numpy(inputs), torch.from_numpy(targets)
+    data = torch.from_numpy(inputs), torch.from_numpy(targets)
     steps = math.ceil(len(inputs) / world_size / batch)  # equal on every rank (DDP needs the same count)
+    stopping = HeldOutStopping(cfg["patience"], cfg["min_improvement"])
+    progress = EpochProgress(f"[fit] {cfg['direction']} transformer", cfg["epochs"], enabled=rank == 0)
     model.train()
     for epoch in range(cfg["epochs"]):
-        started, loss_sum = time.perf_counter(), 0.0
         order = mine[generator.permutation(len(mine))] if len(mine) else mine
-        for step in range(steps):
-            rows = order[step * batch:(step + 1) * batch]
-            if len(rows) == 0:
-                rows = mine[:1] if len(mine) else np.array([0])
-            x, y = x_all[rows].to(run_on), y_all[rows].to(run_on)
-            at = y > 0
-            logits = trained(x)[at] @ model.item_embeddings.weight[: n_items + 1].T
-            loss = F.cross_entropy(logits, y[at])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach())
-        if rank == 0:
-            print(f"[fit] {cfg['direction']} transformer epoch {epoch + 1}/{cfg['epochs']}: loss "
-                  f"{loss_sum / max(steps, 1):.4f}, {steps} steps of {batch} in {time.perf_counter() - started:.1f}s",
-                  file=sys.stderr, flush=True)
+        loss = _train_epoch(trained, model, optimizer, data, order, mine, steps, batch, n_items, run_on)
+        detail = f"loss {loss:.4f}, {steps} steps of {batch}"
+        if held_out is not None and len(held_out[0]):
+            held = held_out_loss(model, *held_out, n_items, batch, run_on)
+            detail += f", held-out loss {held:.4f}" + (" (best)" if stopping.observe(epoch, held, model) else "")
+        progress.epoch(epoch + 1, detail)
+        if stopping.stop:
+            progress.note(f"stopped early after {epoch + 1} epochs (held-out loss not better for {cfg['patience']}); "
+                          f"keeping epoch {stopping.best_epoch + 1}")
+            break
+    stopping.restore(model)
     model.eval()
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()} if rank == 0 else None
+    summary = {"epochs_trained": epoch + 1, "best_epoch": stopping.best_epoch + 1, "held_out_loss": stopping.best_loss}
+    return ({k: v.detach().cpu() for k, v in model.state_dict().items()}, summary) if rank == 0 else None
 
 
-def _distributed_rank(inputs, targets, n_items, cfg):
+def _distributed_rank(inputs, targets, n_items, cfg, held_out=None):
     import os
 
     import torch.distributed as dist
 
     dist.init_process_group("nccl" if device().type == "cuda" else "gloo")
     try:
-        state = train_model(inputs, targets, n_items, cfg, rank=dist.get_rank(), world_size=dist.get_world_size())
+        state = train_model(inputs, targets, n_items, cfg, rank=dist.get_rank(), world_size=dist.get_world_size(),
+                            held_out=held_out)
     finally:
         dist.destroy_process_group()
     if state is not None:
@@ -203,13 +267,14 @@ def _distributed_rank(inputs, targets, n_items, cfg):
     return None
 
 
-def _train(inputs, targets, n_items, cfg: SequenceGeneratorConfig, spark=None):
-    """State dict of the trained model: in this process, or on ``num_processes`` TorchDistributor ranks."""
+def _train(inputs, targets, n_items, cfg: SequenceGeneratorConfig, held_out=None):
+    """(state dict, training summary) of the trained model: in this process, or on ``num_processes``
+    TorchDistributor ranks."""
     import torch
 
     params = cfg.model_dump()
     if cfg.num_processes <= 1:
-        return train_model(inputs, targets, n_items, params)
+        return train_model(inputs, targets, n_items, params, held_out=held_out)
     import os
     import tempfile
 
@@ -219,7 +284,8 @@ def _train(inputs, targets, n_items, cfg: SequenceGeneratorConfig, spark=None):
         out = os.path.join(folder, "state.pt")
         os.environ["RECAUG_GENERATOR_OUT"] = out  # local mode: ranks inherit the driver's environment
         TorchDistributor(num_processes=cfg.num_processes, local_mode=True,
-                         use_gpu=torch.cuda.is_available()).run(_distributed_rank, inputs, targets, n_items, params)
+                         use_gpu=torch.cuda.is_available()).run(_distributed_rank, inputs, targets, n_items, params,
+                                                                    held_out)
         return torch.load(out)
 
 
@@ -388,64 +454,122 @@ def _holdout(keys: Sequence[str], count: int, seed: int) -> np.ndarray:
     return np.argsort(u, kind="stable")[:count]
 
 
+def training_table(sequences) -> pa.Table:
+    """``user_id``, ``item_ids`` of the training sequences (Spark) in a stable order: by user id (then
+    the items, for a table with repeated user ids), so that what reaches torch — and so the fitted
+    weights — never depends on the Spark partitioning or the number of executors."""
+    table = sequences.select("user_id", "item_ids").toArrow()
+    tie = pc.fill_null(pc.binary_join(table.column("item_ids"), "\x1f"), "")
+    keyed = table.append_column("_tie", tie)
+    return keyed.sort_by([("user_id", "ascending"), ("_tie", "ascending")]).drop_columns(["_tie"]).combine_chunks()
+
+
+def _valid_pairs(valid_targets) -> pa.Table:
+    """(user_id, item_id) of the validation targets in a stable order (empty table for None)."""
+    if valid_targets is None:
+        return pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string())})
+    table = valid_targets.select("user_id", "item_id").toArrow()
+    return table.sort_by([("user_id", "ascending"), ("item_id", "ascending")]).combine_chunks()
+
+
+def _keyed_users(keys: Sequence[str], seed: int, stream: str) -> np.ndarray:
+    """A uniform in [0, 1) per user, keyed by (seed, stream, user id): independent of the row order."""
+    hashed = rng.key_strings(pa.array(list(keys), pa.string()))
+    return rng.uniform(seed, stream, np.asarray(hashed, dtype=np.uint64), 0)
+
+
+def _fidelity_split(encoded, users, held, valid_pairs: pa.Table, vocabulary, cfg) -> tuple[list, list, list]:
+    """(training sequences, fidelity histories, fidelity targets): the forward model is measured on
+    the validation targets of the ``held`` users; otherwise their last item (in the model's direction)
+    is held out of training and measured."""
+    train_sequences, histories, targets = list(encoded), [], []
+    if cfg.direction == "forward" and valid_pairs.num_rows:
+        valid = dict(zip(valid_pairs.column("user_id").to_pylist(), valid_pairs.column("item_id").to_pylist()))
+        index = {item: i + 1 for i, item in enumerate(vocabulary)}
+        for r in held:
+            target = index.get(valid.get(users[r]))
+            if target is not None and len(encoded[r]):
+                histories.append(encoded[r])
+                targets.append(target)
+        return train_sequences, histories, targets
+    for r in held:
+        if len(encoded[r]) >= 2:
+            histories.append(encoded[r][:-1])
+            targets.append(int(encoded[r][-1]))
+            train_sequences[r] = encoded[r][:-1]
+    return train_sequences, histories, targets
+
+
+def _early_stopping_split(train_sequences, users, cfg) -> tuple[tuple, tuple | None]:
+    """(training windows, held-out windows or None): the windows of a keyed ``validation_share`` of
+    users are left out of training and measure the loss that stops it early."""
+    stop_users = _keyed_users(users, cfg.seed, "early-stopping") < cfg.validation_share
+    if cfg.validation_share > 0 and stop_users.any() and not stop_users.all():
+        fit_on = _windows([s for s, out in zip(train_sequences, stop_users) if not out], cfg.max_len)
+        held = _windows([s for s, out in zip(train_sequences, stop_users) if out], cfg.max_len)
+        if len(fit_on[0]) and len(held[0]):
+            return fit_on, held
+    return _windows(train_sequences, cfg.max_len), None
+
+
 def fit_sequence_generator(sequences, valid_targets, cfg: SequenceGeneratorConfig, models_dir, *, name: str,
-                           trained_on: dict) -> ArtifactRef:
+                           trained_on: dict, reuse: bool = True) -> ArtifactRef:
     """Train a generator on ``sequences`` (Spark DataFrame of the training split) and save its artifact.
 
     ``valid_targets`` (``sequence_targets`` rows with split 'valid', or None) measure the forward
     model's next-item fidelity; the reverse model holds out the first item of ``fidelity_users``
-    users instead (those items are not trained on).
+    users instead (those items are not trained on). With ``reuse``, an artifact of ``models_dir``
+    fitted with the same config on the same data (:func:`~recaug_spark.generators.artifacts.reusable`)
+    is returned instead of fitting again.
     """
-    import torch
-
-    table = sequences.select("user_id", "item_ids").toArrow()
-    users = table.column("user_id").to_pylist()
-    lists = table.column("item_ids").to_pylist()
+    table, valid_pairs = training_table(sequences), _valid_pairs(valid_targets)
+    fingerprint = data_fingerprint(table, valid_pairs)
+    if reuse and (found := reusable(models_dir, name, cfg.model_dump(mode="json"), fingerprint)) is not None:
+        print(f"[fit] {name}: reusing {found.tag} (same data and config)", file=sys.stderr, flush=True)
+        return found
+    users, lists = table.column("user_id").to_pylist(), table.column("item_ids").to_pylist()
     vocabulary = sorted({i for items in lists for i in items if i is not None})
     if not vocabulary:
         raise ValueError(f"cannot fit {name}: the training sequences hold no items")
     encoded = encode_sequences(lists, vocabulary, cfg.direction)
     held = _holdout(users, cfg.fidelity_users, cfg.seed)
-    train_sequences = list(encoded)
-    eval_histories, eval_targets = [], []
-    if cfg.direction == "forward" and valid_targets is not None:
-        targets = {row["user_id"]: row["item_id"] for row in valid_targets.select("user_id", "item_id").toArrow().to_pylist()}
-        index = {item: i + 1 for i, item in enumerate(vocabulary)}
-        for r in held:
-            target = index.get(targets.get(users[r]))
-            if target is not None and len(encoded[r]):
-                eval_histories.append(encoded[r])
-                eval_targets.append(target)
-    else:
-        for r in held:
-            if len(encoded[r]) >= 2:
-                eval_histories.append(encoded[r][:-1])
-                eval_targets.append(int(encoded[r][-1]))
-                train_sequences[r] = encoded[r][:-1]
-    inputs, targets_array = _windows(train_sequences, cfg.max_len)
+    train_sequences, eval_histories, eval_targets = _fidelity_split(encoded, users, held, valid_pairs, vocabulary, cfg)
+    (inputs, targets_array), held_out = _early_stopping_split(train_sequences, users, cfg)
     if len(inputs) == 0:
         raise ValueError(f"cannot fit {name}: no training sequence has two items or more")
-    state = _train(inputs, targets_array, len(vocabulary), cfg)
+    state, summary = _train(inputs, targets_array, len(vocabulary), cfg, held_out)
 
     model_config = {k: getattr(cfg, k) for k in ("hidden", "blocks", "heads", "max_len", "dropout")}
     rate = repeat_rate(encoded)
     loaded = SequenceGenerator(_build(len(vocabulary), model_config, state), pa.array(vocabulary, pa.string()),
                                cfg.direction, cfg.max_len, rate, tag=name)
-    fidelity = {"repeat_rate": rate, "train_windows": int(len(inputs)), "items": len(vocabulary)}
+    fidelity = {"repeat_rate": rate, "train_windows": int(len(inputs)), "items": len(vocabulary), **summary,
+                "held_out_windows": int(len(held_out[0])) if held_out else 0}
     fidelity |= ranking_metrics(loaded, eval_histories, np.asarray(eval_targets, dtype=np.int64))
     fidelity["evaluated_on"] = "validation targets" if cfg.direction == "forward" and valid_targets is not None \
         else "held-out " + ("first" if cfg.direction == "reverse" else "last") + " items"
-    # Memorization: sequences generated from each held-out user's first item, as long as the real one.
+    fidelity |= _generation_fidelity(loaded, encoded, held, len(vocabulary), cfg.seed)
+    return _save_sequence(models_dir, name, cfg, state, model_config, rate, vocabulary, trained_on, fidelity,
+                          fingerprint)
+
+
+def _generation_fidelity(loaded: SequenceGenerator, encoded, held, n_items: int, seed: int) -> dict:
+    """Memorization (identical share) and popularity of sequences generated from each held-out user's
+    first item, as long as the real one (at most 10)."""
     starts = [encoded[r][:1] for r in held if len(encoded[r]) >= 2]
+    if not starts:
+        return {}
     length = min(10, max((len(encoded[r]) for r in held), default=1))
-    if starts:
-        keys = np.arange(len(starts), dtype=np.uint64)
-        generated = generate(loaded, starts, max(1, length - 1), keys=keys, seed=cfg.seed, stream="fidelity")
-        full = [[int(s[0]), *g.tolist()] for s, g in zip(starts, generated)]
-        prefixes = [s[:length] for s in encoded]
-        fidelity["identical_share"] = identical_share(full, prefixes)
-        counts = np.bincount(np.concatenate(encoded), minlength=len(vocabulary) + 1)
-        fidelity["popularity"] = popularity_report(loaded, starts, max(1, length - 1), counts, cfg.seed)
+    keys = np.arange(len(starts), dtype=np.uint64)
+    generated = generate(loaded, starts, max(1, length - 1), keys=keys, seed=seed, stream="fidelity")
+    full = [[int(s[0]), *g.tolist()] for s, g in zip(starts, generated)]
+    counts = np.bincount(np.concatenate(encoded), minlength=n_items + 1)
+    return {"identical_share": identical_share(full, [s[:length] for s in encoded]),
+            "popularity": popularity_report(loaded, starts, max(1, length - 1), counts, seed)}
+
+
+def _save_sequence(models_dir, name, cfg, state, model_config, rate, vocabulary, trained_on, fidelity, fingerprint):
+    import torch
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -454,7 +578,7 @@ def fit_sequence_generator(sequences, valid_targets, cfg: SequenceGeneratorConfi
                                                                  **model_config, "direction": cfg.direction,
                                                                  "repeat_rate": rate}).encode()},
                          config=cfg.model_dump(mode="json"), trained_on=trained_on, vocabulary=vocabulary,
-                         fidelity=fidelity)
+                         fidelity=fidelity, data_hash=fingerprint)
 
 
 def _build(n_items: int, model_config: dict, state):

@@ -31,6 +31,7 @@ import functools
 import io
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from recaug_spark.generators.artifacts import ArtifactRef, save_artifact
+from recaug_spark.generators.artifacts import ArtifactRef, data_fingerprint, reusable, save_artifact
 from recaug_spark.generators.runtime import chunks, device, register_loader, set_torch_threads
 from recaug_spark.text.stopwords import STOPWORDS
 from recaug_spark.text.tokens import words
@@ -181,8 +182,10 @@ def _embed_partition(batch_size: int):
 
 
 def embed_items(items, batch_size: int = 256):
-    """(pandas frame of the items' text columns, embeddings [n, 384]) — embedded on the executors."""
-    frame = items.select("item_id", "title", "description", "category").toPandas()
+    """(pandas frame of the items' text columns, embeddings [n, 384]) — embedded on the executors.
+
+    The frame is in item id order (then every column), whatever the Spark partitioning."""
+    frame = _text_frame(items)
     vectors = items.select("item_id", "title", "description", "category").mapInArrow(
         _embed_partition(batch_size), "item_id string, embedding array<float>").toArrow()
     by_id = dict(zip(vectors.column("item_id").to_pylist(), vectors.column("embedding").to_numpy(zero_copy_only=False)))
@@ -191,9 +194,23 @@ def embed_items(items, batch_size: int = 256):
     return frame, matrix
 
 
+def _text_frame(items):
+    columns = ["item_id", "title", "description", "category"]
+    frame = items.select(*columns).toPandas()
+    return frame.sort_values(columns, kind="stable", na_position="last").reset_index(drop=True)
+
+
 def fit_description_index(items, cfg: DescriptionConfig, models_dir, *, name: str = "description_index",
-                          trained_on: dict) -> ArtifactRef:
-    """Embed the catalog, keep the rich items as the index, measure fidelity and save the artifact."""
+                          trained_on: dict, reuse: bool = True) -> ArtifactRef:
+    """Embed the catalog, keep the rich items as the index, measure fidelity and save the artifact.
+
+    With ``reuse``, an artifact of ``models_dir`` built with the same config from the same item texts
+    is returned instead of embedding the catalog again."""
+    frame = _text_frame(items)
+    fingerprint = data_fingerprint(frame.astype(object).where(frame.notna(), None).to_numpy().tolist(), ENCODER)
+    if reuse and (found := reusable(models_dir, name, cfg.model_dump(mode="json"), fingerprint)) is not None:
+        print(f"[fit] {name}: reusing {found.tag} (same item texts and config)", file=sys.stderr, flush=True)
+        return found
     frame, matrix = embed_items(items, cfg.batch_size)
     rich = np.array([not is_thin(d, cfg.min_words) for d in frame["description"]], dtype=bool)
     if not rich.any():
@@ -213,7 +230,8 @@ def fit_description_index(items, cfg: DescriptionConfig, models_dir, *, name: st
             "terms": index.terms, "config": index.config}
     return save_artifact(models_dir, name, kind=KIND, files={"embeddings.npy": arrays.getvalue(),
                                                              "index.json": json.dumps(meta).encode()},
-                         config=cfg.model_dump(mode="json"), trained_on=trained_on, fidelity=report)
+                         config=cfg.model_dump(mode="json"), trained_on=trained_on, fidelity=report,
+                         data_hash=fingerprint)
 
 
 def _fidelity(index: DescriptionIndex, rich, cfg: DescriptionConfig) -> dict:

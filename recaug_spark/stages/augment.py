@@ -12,8 +12,10 @@ import json
 
 from pyspark.sql import DataFrame
 
+from recaug_spark.augment.batch import MASK_TOKEN
 from recaug_spark.augment.engine import augment_sequences
 from recaug_spark.delta import replace_rows_by_key, rows_by_partition
+from recaug_spark.export import augmented_table_metadata
 from recaug_spark.runs import RunContext, StageResult
 from recaug_spark.schemas import REAL_CHAIN
 from recaug_spark.stages.augment_items import write_augmented_items
@@ -23,16 +25,19 @@ def run_augment(ctx: RunContext) -> StageResult:
     """Write ``augmented_sequences`` (real ∪ augmented): all users, or with ``augment.incremental``
     only the users whose training sequence changed since the last augment run."""
     cfg = ctx.cfg.augment
-    sequences = ctx.warehouse.read("sequences")
-    sequences_version = ctx.warehouse.version("sequences")
+    refuse_time_on_order_only(ctx, cfg.branches)
+    sequences_version = ctx.read_version("sequences")  # the versions the last complete clean named
+    sequences = ctx.warehouse.read("sequences", version=sequences_version)
     previous = _previous_augment(ctx) if cfg.incremental else None
     if previous is not None:
         written, changed = _augment_incrementally(ctx, sequences, previous)
     else:
         augmented = augment_sequences(sequences, cfg, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
-                                      items=ctx.warehouse.read("items"), models_dir=ctx.models_dir)
+                                      items=ctx.warehouse.read("items", version=ctx.input_version("items")),
+                                      models_dir=ctx.models_dir)
         written = ctx.warehouse.write("augmented_sequences", augmented, mode="overwrite",
-                                      partition_by=["operator_chain"], txn=ctx.txn("augment"))
+                                      partition_by=["operator_chain"], txn=ctx.txn("augment"),
+                                      metadata=augmented_table_metadata(MASK_TOKEN))
         changed = None
     tables = {"augmented_sequences": written.version, SEQUENCES_READ: sequences_version}
     items_version, items_per_chain = write_augmented_items(ctx)
@@ -53,6 +58,28 @@ def run_augment(ctx: RunContext) -> StageResult:
 
 
 SEQUENCES_READ = "read:sequences"  # in the runs table: the sequences version an augment run read
+
+
+def refuse_time_on_order_only(ctx: RunContext, branches) -> None:
+    """Raise before any Spark job when the events came from an order-only source (ingest marked
+    ``events_raw``; see ``sources.ORDER_ONLY_FORMATS``) and a branch would read their fabricated time."""
+    from recaug_spark.augment.registry import time_based_uses
+    from recaug_spark.delta import commit_metadata
+    from recaug_spark.sources import ORDER_ONLY_KEY
+
+    uses = time_based_uses(branches)
+    if not uses:
+        return
+    marks = commit_metadata(ctx.warehouse.uri("events_raw"), ctx.input_version("events_raw"))
+    if marks.get(ORDER_ONLY_KEY) == "true":
+        raise AugmentConfigError(
+            "the events of this warehouse come from an order-only source (its timestamps are positions, not "
+            f"time), but {'; '.join(uses)}: remove them from augment.branches, or ingest a source with real "
+            "timestamps")
+
+
+class AugmentConfigError(ValueError):
+    """An augment configuration the warehouse's data cannot support."""
 
 
 def _augment_fingerprint(config: dict) -> str:
@@ -99,9 +126,11 @@ def _augment_incrementally(ctx: RunContext, sequences: DataFrame, previous: dict
         count = changed.count()
         targets = sequences.join(changed, "user_id", "left_semi")
         augmented = augment_sequences(targets, ctx.cfg.augment, ctx.cfg.run.seed, ctx.run_id, ctx.cfg.hash,
-                                      items=ctx.warehouse.read("items"), fit_on=sequences, models_dir=ctx.models_dir)
+                                      items=ctx.warehouse.read("items", version=ctx.input_version("items")),
+                                      fit_on=sequences, models_dir=ctx.models_dir)
         written = replace_rows_by_key(augmented, ctx.warehouse.uri("augmented_sequences"), key="user_id",
-                                      keys=changed, txn=ctx.txn("augment"), backend=ctx.warehouse.backend)
+                                      keys=changed, txn=ctx.txn("augment"), backend=ctx.warehouse.backend,
+                                      metadata=augmented_table_metadata(MASK_TOKEN))
     finally:
         changed.unpersist()
     return written, count

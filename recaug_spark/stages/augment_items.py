@@ -204,19 +204,23 @@ def write_augmented_items(ctx: RunContext) -> tuple[int | None, dict[str, int]]:
     """Write ``augmented_items`` (real ∪ augmented, partitioned by ``operator_chain``) in one
     idempotent commit; returns (table version, rows per operator_chain), or (None, {}) when
     ``augment.items.enabled`` is false."""
-    from recaug_spark.delta import rows_by_partition, table_version
+    from recaug_spark.delta import rows_by_partition
+    from recaug_spark.export import augmented_table_metadata
 
     cfg = ctx.cfg.augment.items
     if not cfg.enabled:
         return None, {}
     uri, txn = ctx.warehouse.uri(TABLE), ctx.txn("augment_items")
     if ctx.warehouse.committed(TABLE, txn):  # a retry of this run: nothing refitted nor rewritten
-        version = table_version(uri)
+        version = ctx.warehouse.committed_version(TABLE, txn)
         return version, _counts(rows_by_partition(uri, "operator_chain", version))
-    sequences = ctx.warehouse.read("sequences") if ctx.warehouse.exists("sequences") else None
-    augmented = augment_items(ctx.warehouse.read("items"), sequences, cfg, ctx.cfg.run.seed, ctx.run_id,
+    sequences = (ctx.warehouse.read("sequences", version=ctx.input_version("sequences"))
+                 if ctx.warehouse.exists("sequences") else None)
+    items = ctx.warehouse.read("items", version=ctx.input_version("items"))  # the last complete clean's
+    augmented = augment_items(items, sequences, cfg, ctx.cfg.run.seed, ctx.run_id,
                               ctx.cfg.hash, models_dir=ctx.models_dir)
-    written = ctx.warehouse.write(TABLE, augmented, mode="overwrite", partition_by=["operator_chain"], txn=txn)
+    written = ctx.warehouse.write(TABLE, augmented, mode="overwrite", partition_by=["operator_chain"], txn=txn,
+                                  metadata=augmented_table_metadata())
     return written.version, _counts(rows_by_partition(written.uri, "operator_chain", written.version))
 
 

@@ -54,8 +54,9 @@ Performance: the events are shuffled once (hash of user_id) and sorted once with
 in time order; one vectorized Arrow pass over each partition's whole users
 (:mod:`recaug_spark.stages.clean_steps`: numpy and pyarrow compute, no per-row Python except the
 netting queue of (user, item) pairs with a return) computes duplicates, bots, netting, sessions
-and the split's counts. The annotated frame (needed columns only) is materialized once (a local
-checkpoint, :func:`materialize`) and feeds the counts and all four tables; ``events`` is
+and the split's counts. The annotated frame (needed columns only) is materialized once (a reliable
+checkpoint under the warehouse that survives a lost executor, :func:`materialize`) and feeds the
+counts and all four tables; ``events`` is
 rebalanced by ``dt`` before its write (one file per day instead of tasks × days small files) and
 ``sequences`` are cut from the already clustered, time-ordered users by a second Arrow pass (no
 shuffle, no sort).
@@ -74,6 +75,7 @@ from pyspark.sql import Column, DataFrame, Row, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recaug_spark.checkpoints import checkpoint, stage_checkpoints
 from recaug_spark.config import CleanConfig
 from recaug_spark.delta import Warehouse, WriteResult
 from recaug_spark.runs import RunContext, StageResult
@@ -146,14 +148,15 @@ def _per_user_pass(df: DataFrame, cfg: CleanConfig, *, remove: bool, partitions:
 def kcore_pairs(interactions: DataFrame, k: int) -> DataFrame:
     """(user_id, item_id, n) pairs left once every user and item has at least ``k`` interactions.
 
-    Iterates to a fixed point; each round is checkpointed locally so the plan stays short.
+    Iterates to a fixed point; each round is checkpointed (:func:`recaug_spark.checkpoints.checkpoint`,
+    reliable: it survives a lost executor) so the plan stays short.
     """
-    pairs = interactions.groupBy("user_id", "item_id").agg(F.count(F.lit(1)).alias("n")).localCheckpoint(eager=True)
+    pairs = checkpoint(interactions.groupBy("user_id", "item_id").agg(F.count(F.lit(1)).alias("n")))
     size = pairs.count()
     while size > 0:
         users = pairs.groupBy("user_id").agg(F.sum("n").alias("_u")).where(F.col("_u") >= k).select("user_id")
         items = pairs.groupBy("item_id").agg(F.sum("n").alias("_i")).where(F.col("_i") >= k).select("item_id")
-        kept = pairs.join(users, "user_id", "left_semi").join(items, "item_id", "left_semi").localCheckpoint(eager=True)
+        kept = checkpoint(pairs.join(users, "user_id", "left_semi").join(items, "item_id", "left_semi"))
         kept_size = kept.count()
         pairs = kept.select("user_id", "item_id", "n")
         if kept_size == size:
@@ -400,31 +403,41 @@ def clean_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None = No
 # --------------------------------------------------------------------------------------------
 
 def materialize(df: DataFrame) -> DataFrame:
-    """``df`` computed once into the executors' block stores, its partitioning and row order kept
+    """``df`` computed once into the stage's checkpoint folder, its partitioning and row order kept
     (so :func:`build_sequences` can still cut users without a shuffle).
 
-    A local checkpoint, not ``persist``: at 10^7 events, materializing the per-user pass this way
-    costs about 3 s over computing it, the columnar cache of ``persist(MEMORY_AND_DISK)`` about
-    10 s, and later reads of either are equally fast. The trade: a lost executor fails the stage
-    instead of recomputing its partitions; re-running the stage with the same run id is safe.
+    A reliable checkpoint into the stage's folder under the warehouse
+    (:func:`recaug_spark.checkpoints.checkpoint`), not a local one: a local checkpoint's blocks die
+    with their executor and the stage then failed with ``CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND``; these
+    files outlive it, and the plan stays truncated (``persist`` would keep it whole). Cost against
+    the local checkpoint: see docs/pipeline.md ("Executor loss").
     """
-    return df.localCheckpoint(eager=True)
+    return checkpoint(df)
 
 
-def release(checkpoint: DataFrame) -> None:
-    """Free a :func:`materialize` result's blocks now, not at the driver's next garbage collection."""
-    checkpoint._jdf.logicalPlan().rdd().unpersist(False)
+def release(materialized: DataFrame) -> None:
+    """Free a :func:`materialize` result's cached blocks now, not at the driver's next garbage collection
+    (its files go with the stage's checkpoint folder)."""
+    materialized._jdf.logicalPlan().rdd().unpersist(False)
 
 
-def _per_user_counts(kept_events: DataFrame) -> Row:
-    """users, sequences (users with a training part), valid and test targets: one aggregation."""
+def _per_user_counts(kept_events: DataFrame, cfg: CleanConfig) -> Row:
+    """users, sequences (users with a training part), valid and test targets, and the users whose
+    history ``clean.max_sequence_length`` capped (``capped``) with the oldest events it left out of
+    their sequence (``beyond_cap``; their held-out targets are the last events either way): one
+    aggregation."""
+    cap = F.lit(cfg.max_sequence_length)
+    total = lambda name: F.coalesce(F.sum(name), F.lit(0)).alias(name)  # noqa: E731
     return kept_events.groupBy("user_id").agg(
         F.max((F.col("split") == "train").cast("int")).alias("seq"),
         F.sum((F.col("split") == "valid").cast("int")).alias("valid"),
         F.sum((F.col("split") == "test").cast("int")).alias("test"),
+        F.sum(_is_sequence_event(cfg)).alias("n_seq"),
     ).agg(
         F.count(F.lit(1)).alias("users"), F.coalesce(F.sum("seq"), F.lit(0)).alias("sequences"),
-        F.coalesce(F.sum("valid"), F.lit(0)).alias("valid"), F.coalesce(F.sum("test"), F.lit(0)).alias("test"),
+        total("valid"), total("test"),
+        F.sum((F.col("n_seq") > cap).cast("long")).alias("capped"),
+        F.coalesce(F.sum(F.greatest(F.col("n_seq") - cap, F.lit(0))), F.lit(0)).alias("beyond_cap"),
     ).first()
 
 
@@ -459,28 +472,35 @@ def run_clean(ctx: RunContext) -> StageResult:
         result = run_clean(ctx)
         result.counts["removed.near_duplicate"], ctx.warehouse.read("sequences").count()
     """
-    cfg = ctx.cfg.clean
     txn = ctx.txn(STAGE)
-    raw = ctx.warehouse.read("events_raw")
+    raw = ctx.warehouse.read("events_raw", version=ctx.input_version("events_raw"))  # the last complete ingest's
     if all(ctx.warehouse.committed(name, txn) for name in OUTPUT_TABLES):  # a retry of a finished run
         return _skipped_result(ctx, raw)
     rows_in = raw.count()
     items_raw = _items_raw(ctx)
     partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
 
+    with stage_checkpoints(ctx.spark, ctx.warehouse.root, ctx.run_id, STAGE):
+        return _clean_outputs(ctx, raw, rows_in, items_raw, partitions)
+
+
+def _clean_outputs(ctx: RunContext, raw: DataFrame, rows_in: int, items_raw: DataFrame,
+                   partitions: int) -> StageResult:
+    """Annotate, reconcile and write the four tables (inside the stage's checkpoint folder)."""
+    cfg, txn = ctx.cfg.clean, ctx.txn(STAGE)
     checkpoints: list[DataFrame] = []
     items = None
     try:
         annotated = _annotated(raw, cfg, partitions, checkpoints)
-        removal, per_user = _reconciled_counts(annotated, rows_in)
+        removal, per_user = _reconciled_counts(annotated, rows_in, cfg)
         kept_events = annotated.where(_alive())
         items = canonical_items(items_raw, kept_events).persist(StorageLevel.MEMORY_AND_DISK)
         with _timed("items"):
             item_count = items.count()
         written = _write_outputs(ctx.warehouse, kept_events, items, txn)
     finally:
-        for checkpoint in checkpoints:
-            release(checkpoint)
+        for done in checkpoints:
+            release(done)
         if items is not None:
             items.unpersist()
     return _result(rows_in, removal, per_user, item_count, written)
@@ -491,13 +511,13 @@ def _skipped_result(ctx: RunContext, raw: DataFrame) -> StageResult:
     warehouse = ctx.warehouse
     return StageResult(
         STAGE, rows_in=raw.count(), rows_out=warehouse.read("events").count(), counts=_recorded_counts(ctx),
-        tables={name: warehouse.version(name) for name in OUTPUT_TABLES}, skipped=True,
+        tables={name: warehouse.committed_version(name, ctx.txn(STAGE)) for name in OUTPUT_TABLES}, skipped=True,
     )
 
 
 def _items_raw(ctx: RunContext) -> DataFrame:
     if ctx.warehouse.exists("items_raw"):
-        return ctx.warehouse.read("items_raw")
+        return ctx.warehouse.read("items_raw", version=ctx.input_version("items_raw"))
     return ctx.spark.createDataFrame([], ITEMS_RAW)
 
 
@@ -518,13 +538,13 @@ def _annotated(raw: DataFrame, cfg: CleanConfig, partitions: int, checkpoints: l
     return annotated
 
 
-def _reconciled_counts(annotated: DataFrame, rows_in: int) -> tuple[dict[str, int], Row]:
+def _reconciled_counts(annotated: DataFrame, rows_in: int, cfg: CleanConfig) -> tuple[dict[str, int], Row]:
     """(:func:`removal_counts`, per-user counts) of the annotated events; raises unless every input
     event is either kept or removed for exactly one reason."""
     with _timed("removal counts"):
         removal = removal_counts(annotated)
     with _timed("per-user counts"):
-        per_user = _per_user_counts(annotated.where(_alive()))
+        per_user = _per_user_counts(annotated.where(_alive()), cfg)
     removed = sum(v for k, v in removal.items() if k.startswith("removed."))
     rows_out = removal["kept"]
     if removal["rows"] != rows_in or rows_in != rows_out + removed:
@@ -562,6 +582,7 @@ def _result(rows_in: int, removal: dict[str, int], per_user: Row, item_count: in
     counts |= {
         "users": int(per_user.users), "items": int(item_count), "sequences": int(per_user.sequences),
         "targets.valid": int(per_user.valid), "targets.test": int(per_user.test),
+        "users_capped": int(per_user.capped or 0), "events_beyond_cap": int(per_user.beyond_cap or 0),
     }
     return StageResult(
         STAGE, rows_in=rows_in, rows_out=rows_out, counts=counts,

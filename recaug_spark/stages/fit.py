@@ -3,7 +3,7 @@
 Reads ``sequences`` (the training split only: held-out targets live in ``sequence_targets``, of
 which only the *validation* rows are read, to report fidelity), and ``items``, at the versions it
 pins, and writes one versioned artifact per generator into the models folder (``run.models``,
-default ``models`` beside the warehouse; :mod:`recaug_spark.generators.artifacts`):
+default: the warehouse's own ``models`` folder; :mod:`recaug_spark.generators.artifacts`):
 
 * ``reverse_transformer`` — next-item Transformer on reversed sequences (ASReP pre-history);
 * ``forward_transformer`` — the same forward (sequence extension, synthetic sessions);
@@ -12,12 +12,20 @@ default ``models`` beside the warehouse; :mod:`recaug_spark.generators.artifacts
 
 Each artifact records the table versions it was trained on and its fidelity figures; the stage
 reports them (× 10,000 in the ``runs`` table's counts). A re-run with the same run id finds the
-artifacts it already wrote (their manifests name the run id) and trains nothing again.
+artifacts it already wrote (their manifests name the run id) and trains nothing again; any run whose
+training data (content hash of what the fitter reads, in a stable order) and generator config equal
+an artifact's reuses that artifact (``reused.<generator>`` = 1 in the counts) instead of fitting it
+again: fits are deterministic, so a refit would give the same model.
+
+Training is sized to the data: ``epochs`` is a cap; each model stops once the loss of a held-out
+share of its training data (``validation_share``) has not improved for ``patience`` epochs, keeping
+the best epoch's weights. Each epoch prints a line with the time so far and an ETA to the cap.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 from recaug_spark.runs import RunContext, StageResult
@@ -97,7 +105,7 @@ def run_fit(ctx: RunContext) -> StageResult:
     from recaug_spark.generators.artifacts import manifest
 
     cfg = ctx.cfg.fit
-    pinned = {table: ctx.warehouse.version(table) for table in ("sequences", "sequence_targets", "items")}
+    pinned = {table: ctx.read_version(table) for table in ("sequences", "sequence_targets", "items")}  # last clean's
     counts: dict[str, int] = {}
     tables = {f"read:{table}": version for table, version in pinned.items()}
     fitted = 0
@@ -105,16 +113,18 @@ def run_fit(ctx: RunContext) -> StageResult:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    for name, (generator_cfg, fit) in _fitters(ctx, pinned).items():
-        if name not in cfg.generators:
-            continue
+    chosen = [(name, entry) for name, entry in _fitters(ctx, pinned).items() if name in cfg.generators]
+    for number, (name, (generator_cfg, fit)) in enumerate(chosen, start=1):
+        started = time.perf_counter()
         config = generator_cfg.model_dump(mode="json")
         ref = _already_fitted(ctx.models_dir, name, ctx.run_id, config)
         if ref is None:
+            log(f"[fit] {number}/{len(chosen)} {name}: fitting (or reusing an artifact of the same data and config)")
             ref = fit()
-            fitted += 1
+            counts[f"reused.{name}"] = int(manifest(ref).get("trained_on", {}).get("run_id") != ctx.run_id)
+            fitted += 1  # by this run id: trained, or reused from an artifact of the same data and config
         fidelity = manifest(ref).get("fidelity") or {}
-        log(f"[fit] {ref.tag}: {_describe(fidelity)}")
+        log(f"[fit] {number}/{len(chosen)} {ref.tag} ({time.perf_counter() - started:.1f}s): {_describe(fidelity)}")
         counts |= _fidelity_counts(name, fidelity)
         counts[f"artifact.{name}.version"] = int(ref.version.lstrip("v"))
     counts["generators"] = len(cfg.generators)

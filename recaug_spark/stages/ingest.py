@@ -78,21 +78,39 @@ from recaug_spark.config import ConfigError, IngestConfig
 from recaug_spark.runs import RunContext, StageResult
 from recaug_spark.schemas import EVENT_TYPES, EVENTS_RAW, ITEMS_RAW
 from recaug_spark.sources import (
+    ANONYMOUS_SESSION_PREFIX,
     EPOCH_FORMATS,
-    GENERIC_FORMATS,
+    OFFSET,
+    ORDER_ONLY_FORMATS,
+    ORDER_ONLY_KEY,
     RAW,
+    REASON,
+    ROW,
     SOURCE,
     UNPARSABLE,
     RawSources,
     read_sources,
+    source_errors,
+    timestamp_formats,
 )
 
 STAGE = "ingest"
 EVENT_REASONS = (
-    "unparsable_line", "missing_user", "missing_item", "bad_timestamp", "future_timestamp", "wrong_type",
+    "encoding", "unparsable_line", "duplicate_key", "missing_user", "missing_item", "bad_id", "overflow",
+    "bad_timestamp", "future_timestamp", "missing_quantity", "missing_price", "wrong_type",
     "negative_quantity", "nonpositive_price", "unknown_event_type", "unknown_item",
 )
-ITEM_REASONS = ("unparsable_line", "missing_item", "wrong_type", "nonpositive_price")
+ITEM_REASONS = ("encoding", "unparsable_line", "duplicate_key", "missing_item", "wrong_type", "nonpositive_price")
+# Formats whose ids are integers: such an id must be ASCII digits within int64 (bad_id, overflow).
+INTEGER_ID_FIELDS = {
+    "amazon-5core": ("user_id", "item_id"),
+    "diginetica": ("user_id", "item_id", "session_id"),
+    "online-retail": ("user_id",),
+}
+# Formats whose numbers are required: an empty one is missing_<field>, never a default.
+REQUIRED_NUMBERS = {"online-retail": ("quantity", "price")}
+_INT64_MAX_DIGITS = str(2**63 - 1)
+_READING_REASONS = ("encoding", "unparsable_line", "duplicate_key")
 
 OUTPUT_TABLES = ("events_raw", "items_raw", "quarantine")
 MIN_KEY_BYTES = 16
@@ -233,12 +251,15 @@ def pseudonymize_checked(checked: DataFrame, key: bytes, *, redact_unparsable: b
     scrub = _scrub_udf(user_subkey, session_subkey)
     scrubbed = scrub(F.col("raw"), F.col("user_id"), F.col("session_id"))
     redacted = F.format_string(
-        "<redacted: unparsable line of %d characters; ingest.pseudonymize.redact_unparsable=false keeps it>",
+        "<redacted: unreadable record of %d characters; ingest.pseudonymize.redact_unparsable=false keeps it>",
         F.length("raw"),
     )
     reason = F.col("reason")
+    # Only a record whose ids could not be located at all is redacted (a line that could not be
+    # split, a JSON line that is not JSON); one read field by field keeps its text, ids replaced.
+    unlocated = reason.isin(*_READING_REASONS) & F.col("user_id").isNull() & F.col("session_id").isNull()
     raw = F.when(reason.isNull(), F.lit(None).cast("string"))
-    raw = raw.when(reason == "unparsable_line", redacted if redact_unparsable else scrubbed).otherwise(scrubbed)
+    raw = raw.when(unlocated, redacted if redact_unparsable else scrubbed).otherwise(scrubbed)
     replaced = {"user_id": hash_user(F.col("user_id")), "session_id": hash_session(F.col("session_id")), "raw": raw}
     return checked.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in checked.columns])
 
@@ -276,18 +297,23 @@ def _parse_instant(value: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
-def effective_timestamp_format(cfg: IngestConfig) -> str | None:
-    """``ingest.timestamp_format`` for the generic formats; the known formats are ISO by construction."""
-    return cfg.timestamp_format if cfg.format in GENERIC_FORMATS else None
+def effective_timestamp_formats(cfg: IngestConfig) -> tuple[str | None, ...]:
+    """The spellings the ts column is parsed with (None = ISO-8601): the configured ones and the
+    format's native ones (:func:`recaug_spark.sources.timestamp_formats`); DIGINETICA's adapter
+    already renders ISO."""
+    return (None,) if cfg.format in ("diginetica", "generated", "amazon-5core") else timestamp_formats(cfg)
 
 
-def parse_timestamp(text: Column, timestamp_format: str | None = None) -> Column:
+def parse_timestamp(text: Column, timestamp_format: str | Sequence[str | None] | None = None) -> Column:
     """A string column → timestamp (null when it does not parse; never an error).
 
     ``None``: ISO-8601 (``2024-01-05T13:22:10Z``, ``2024-01-05 13:22:10``, ``2024-01-05``; no zone
     means UTC); ``epoch_seconds`` / ``epoch_millis``: Unix time (fractions allowed); anything else
-    is a Spark datetime pattern such as ``dd/MM/yyyy HH:mm``.
+    is a Spark datetime pattern such as ``dd/MM/yyyy HH:mm``. A list: the first that parses.
     """
+    if timestamp_format is not None and not isinstance(timestamp_format, str):
+        parsed = [parse_timestamp(text, f) for f in timestamp_format]
+        return parsed[0] if len(parsed) == 1 else F.coalesce(*parsed)
     if timestamp_format is None:
         return F.try_to_timestamp(text)
     if timestamp_format in EPOCH_FORMATS:
@@ -296,6 +322,33 @@ def parse_timestamp(text: Column, timestamp_format: str | None = None) -> Column
         micros = (number * scale).try_cast("long")
         return F.when(number.between(-limit, limit) & ~F.isnan(number), F.timestamp_micros(micros))
     return F.try_to_timestamp(text, F.lit(timestamp_format))
+
+
+def integer_id_check(value: Column) -> Column:
+    """``bad_id`` / ``overflow`` / null for a trimmed id that must be an integer (ASCII digits within
+    int64; a regex over one id token, anchored, without alternatives: linear)."""
+    digits = F.regexp_replace(value, "^0+(?=[0-9])", "")
+    too_big = (F.length(digits) > len(_INT64_MAX_DIGITS)) | (
+        (F.length(digits) == len(_INT64_MAX_DIGITS)) & (digits > F.lit(_INT64_MAX_DIGITS)))
+    return (F.when(value.isNull(), F.lit(None)).when(~value.rlike("^[0-9]+$"), F.lit("bad_id"))
+            .when(too_big, F.lit("overflow")))
+
+
+def _id_reason(cfg: IngestConfig) -> Column:
+    """The first integer-id failure among the format's integer id fields (null: none)."""
+    checks = []
+    for name in INTEGER_ID_FIELDS.get(cfg.format, ()):
+        value = F.col(name)
+        if name == "user_id" and cfg.format == "diginetica":  # an anonymous session's user: session:<id>
+            value = F.when(value.startswith(ANONYMOUS_SESSION_PREFIX),
+                           F.substring(value, len(ANONYMOUS_SESSION_PREFIX) + 1, 1 << 30)).otherwise(value)
+        checks.append(integer_id_check(value))
+    return F.coalesce(*checks) if checks else F.lit(None).cast("string")
+
+
+def _valid_text(column: Column) -> Column:
+    """A string as is when it is valid UTF-8, else ``0x<hex>`` (so no invalid byte reaches Arrow)."""
+    return F.when(F.is_valid_utf8(column) | column.isNull(), column).otherwise(F.concat(F.lit("0x"), F.hex(column)))
 
 
 def _price_checks(price_text: Column, price: Column, allow_zero_price: bool) -> tuple[Column, Column]:
@@ -329,10 +382,10 @@ def check_events(
         checked = check_events(sources.events, cfg.ingest, now=datetime.now(timezone.utc))
         checked.groupBy("reason").count().show()
     """
-    ts_format = effective_timestamp_format(cfg)
+    ts_format = effective_timestamp_formats(cfg)
     quantity_text, price_text = _text("quantity"), _text("price")
     normalized = raw.select(
-        _text("user_id").alias("user_id"),
+        _valid_text(_text("user_id")).alias("user_id"),
         _text("item_id").alias("item_id"),
         F.coalesce(F.lower(_text("event_type")), F.lit(cfg.default_event_type)).alias("event_type"),
         parse_timestamp(_text("ts"), ts_format).alias("ts"),
@@ -340,13 +393,11 @@ def check_events(
         quantity_text.try_cast("double").alias("_quantity_number"),
         price_text.alias("_price_text"),
         price_text.try_cast("double").alias("price"),
-        _text("session_id").alias("session_id"),
+        _valid_text(_text("session_id")).alias("session_id"),
         _text("order_id").alias("order_id"),
         _text("country").alias("country"),
         _text("device").alias("device"),
-        F.col(SOURCE).cast("string").alias("source"),
-        F.col(RAW).alias("_raw"),
-        F.coalesce(F.col(UNPARSABLE), F.lit(False)).alias("_unparsable"),
+        *_marker_columns(raw),
     )
     known = F.lit(True)
     if known_items is not None:
@@ -365,12 +416,18 @@ def check_events(
     price_wrong, price_nonpositive = _price_checks(F.col("_price_text"), price, cfg.allow_zero_price)
     earliest = _timestamp_literal(_parse_instant(cfg.min_timestamp))
     latest = _timestamp_literal(now + dt.timedelta(seconds=cfg.max_future_seconds))
+    required = REQUIRED_NUMBERS.get(cfg.format, ())
+    id_reason = _id_reason(cfg)
     reason = (
-        F.when(F.col("_unparsable"), F.lit("unparsable_line"))
+        F.when(F.col("_read_reason").isNotNull(), F.col("_read_reason"))
+        .when(F.col("_unparsable"), F.lit("unparsable_line"))
         .when(F.col("user_id").isNull(), F.lit("missing_user"))
         .when(F.col("item_id").isNull(), F.lit("missing_item"))
+        .when(id_reason.isNotNull(), id_reason)
         .when(ts.isNull() | (ts < earliest), F.lit("bad_timestamp"))
         .when(ts > latest, F.lit("future_timestamp"))
+        .when(F.lit("quantity" in required) & q_text.isNull(), F.lit("missing_quantity"))
+        .when(F.lit("price" in required) & F.col("_price_text").isNull(), F.lit("missing_price"))
         .when(~quantity_ok | price_wrong, F.lit("wrong_type"))
         .when(quantity < 0, F.lit("negative_quantity"))
         .when(price_nonpositive, F.lit("nonpositive_price"))
@@ -382,15 +439,32 @@ def check_events(
         F.when(quantity_ok, quantity).cast("int").alias("quantity"),
         F.when(~price_wrong, price).alias("price"),
         "session_id", "order_id", "country", "device", "source",
-        F.to_date(ts).alias("dt"), "_raw", reason.alias("reason"),
+        F.to_date(ts).alias("dt"), "_raw", "_row", "_offset", reason.alias("reason"),
     )
     return _keep_raw_of_rejected(checked)
 
 
+def _marker_columns(raw: DataFrame) -> list[Column]:
+    """source, _raw, _unparsable, _read_reason, _row, _offset of an adapter frame (older frames
+    without the reading reason or position get nulls)."""
+    def optional(name: str, kind: str) -> Column:
+        return (F.col(name) if name in raw.columns else F.lit(None)).cast(kind)
+
+    return [
+        F.col(SOURCE).cast("string").alias("source"), F.col(RAW).alias("_raw"),
+        F.coalesce(F.col(UNPARSABLE), F.lit(False)).alias("_unparsable"),
+        optional(REASON, "string").alias("_read_reason"), optional(ROW, "long").alias("_row"),
+        optional(OFFSET, "long").alias("_offset"),
+    ]
+
+
 def _keep_raw_of_rejected(checked: DataFrame) -> DataFrame:
     """``_raw`` → ``raw``, kept on rejected rows only (a separate projection: reason is computed once)."""
-    columns = [c for c in checked.columns if c not in ("_raw", "reason")]
-    return checked.select(*columns, F.when(F.col("reason").isNotNull(), F.col("_raw")).alias("raw"), "reason")
+    columns = [c for c in checked.columns if c not in ("_raw", "_row", "_offset", "reason")]
+    rejected = F.col("reason").isNotNull()
+    return checked.select(*columns, F.when(rejected, F.col("_raw")).alias("raw"),
+                          F.when(rejected, F.col("_row")).alias("row_number"),
+                          F.when(rejected, F.col("_offset")).alias("byte_offset"), "reason")
 
 
 def check_items(raw: DataFrame, cfg: IngestConfig) -> DataFrame:
@@ -405,9 +479,7 @@ def check_items(raw: DataFrame, cfg: IngestConfig) -> DataFrame:
         price_text.alias("_price_text"),
         price_text.try_cast("double").alias("price"),
         attributes.alias("attributes"),
-        F.col(SOURCE).cast("string").alias("source"),
-        F.col(RAW).alias("_raw"),
-        F.coalesce(F.col(UNPARSABLE), F.lit(False)).alias("_unparsable"),
+        *_marker_columns(raw),
     )
     price_wrong, price_nonpositive = _price_checks(F.col("_price_text"), F.col("price"), cfg.allow_zero_price)
     attrs = F.col("attributes")
@@ -415,7 +487,8 @@ def check_items(raw: DataFrame, cfg: IngestConfig) -> DataFrame:
         ~F.ltrim(attrs).startswith("{") | F.get_json_object(attrs, "$").isNull()
     )
     reason = (
-        F.when(F.col("_unparsable"), F.lit("unparsable_line"))
+        F.when(F.col("_read_reason").isNotNull(), F.col("_read_reason"))
+        .when(F.col("_unparsable"), F.lit("unparsable_line"))
         .when(F.col("item_id").isNull(), F.lit("missing_item"))
         .when(price_wrong | attributes_wrong, F.lit("wrong_type"))
         .when(price_nonpositive, F.lit("nonpositive_price"))
@@ -423,7 +496,7 @@ def check_items(raw: DataFrame, cfg: IngestConfig) -> DataFrame:
     checked = normalized.select(
         "item_id", "title", "description", "category",
         F.when(~price_wrong, F.col("price")).alias("price"),
-        "attributes", "source", "_raw", reason.alias("reason"),
+        "attributes", "source", "_raw", "_row", "_offset", reason.alias("reason"),
     )
     return _keep_raw_of_rejected(checked)
 
@@ -441,6 +514,7 @@ def quarantine_rows(checked: DataFrame, *, run_id: str, table: str) -> DataFrame
         F.lit(run_id).alias("run_id"), F.lit(STAGE).alias("stage"), F.lit(table).alias("table"),
         F.col("source").cast("string").alias("source"), F.col("raw").cast("string").alias("raw"),
         F.col("reason").cast("string").alias("reason"),
+        F.col("row_number").cast("long").alias("row_number"), F.col("byte_offset").cast("long").alias("byte_offset"),
     )
 
 
@@ -474,8 +548,11 @@ def check_session(spark: SparkSession, cfg: IngestConfig) -> None:
             f"ingest reads zone-less timestamps as UTC and derives dt in UTC, but spark.sql.session.timeZone is "
             f"{zone!r}: set spark.conf.spark.sql.session.timeZone=UTC (recaug's session factory does)"
         )
-    pattern = effective_timestamp_format(cfg)
-    if pattern is not None and pattern not in EPOCH_FORMATS:
+    if cfg.format == "amazon-5core" and cfg.timestamp_format:
+        raise ConfigError("ingest.timestamp_format is set but amazon-5core files carry no timestamps (only the "
+                          "order of each user's items): unset it")
+    patterns = [p for p in timestamp_formats(cfg) if p is not None and p not in EPOCH_FORMATS]
+    for pattern in patterns:
         try:
             spark.range(1).select(F.try_to_timestamp(F.lit("2000-01-01"), F.lit(pattern))).collect()
         except Exception as error:  # Spark raises IllegalArgumentException / AnalysisException
@@ -509,7 +586,9 @@ def run_ingest(ctx: RunContext) -> StageResult:
     now = dt.datetime.now(dt.timezone.utc)
     from recaug_spark.stages.generate import generated_tables
 
-    sources: RawSources = read_sources(ctx.spark, cfg, ctx.warehouse, generated=generated_tables(ctx.cfg.generate))
+    with source_errors():
+        sources: RawSources = read_sources(ctx.spark, cfg, ctx.warehouse,
+                                           generated=generated_tables(ctx.cfg.generate))
 
     known = None
     if cfg.require_known_items and not sources.items_derived:
@@ -519,42 +598,12 @@ def run_ingest(ctx: RunContext) -> StageResult:
         events = pseudonymize_checked(events, key, redact_unparsable=cfg.pseudonymize.redact_unparsable)
     items = check_items(sources.items, cfg)
 
-    # Events: no cache of the whole source. The accepted write observes the count of every reason
-    # on its way (one pass); the quarantine write is a second, cheap pass over the same source.
-    observation = Observation("ingest_events")
-    observed = events.observe(observation, *_reason_count_columns(EVENT_REASONS))
-    items = items.persist(StorageLevel.MEMORY_AND_DISK)  # the catalog: small, read twice
-    try:
-        written_events = ctx.warehouse.write(
-            "events_raw", accepted_rows(observed, EVENTS_RAW), mode="overwrite", txn=txn,
-        )
-        event_counts = _observed_reason_counts(observation, EVENT_REASONS)
-        item_counts = reason_counts(items)
-        events_accepted, items_accepted = event_counts.get(None, 0), item_counts.get(None, 0)
-        events_quarantined = sum(n for r, n in event_counts.items() if r is not None)
-        items_quarantined = sum(n for r, n in item_counts.items() if r is not None)
-        accepted_items = accepted_rows(items, ITEMS_RAW).coalesce(_files_for(items_accepted))
-        written_items = ctx.warehouse.write("items_raw", accepted_items, mode="overwrite", txn=txn)
-        rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(
-            quarantine_rows(items, run_id=ctx.run_id, table="items")
-        ).coalesce(_files_for(events_quarantined + items_quarantined))
-        written_quarantine = ctx.warehouse.write("quarantine", rejected, mode="append", txn=txn)
-    finally:
-        items.unpersist()
-
-    counts: dict[str, int] = {
-        "events_in": events_accepted + events_quarantined,
-        "events_accepted": events_accepted,
-        "events_quarantined": events_quarantined,
-        "items_in": items_accepted + items_quarantined,
-        "items_accepted": items_accepted,
-        "items_quarantined": items_quarantined,
-    }
-    for table, table_counts in (("events", event_counts), ("items", item_counts)):
-        for reason, n in table_counts.items():
-            if reason is not None:
-                counts[f"{table}.quarantine.{reason}"] = n
-                counts[f"quarantine.{reason}"] = counts.get(f"quarantine.{reason}", 0) + n
+    written_events, written_items, written_quarantine, event_counts, item_counts = _write_bronze(
+        ctx, cfg, events, items, txn)
+    events_accepted, items_accepted = event_counts.get(None, 0), item_counts.get(None, 0)
+    events_quarantined = sum(n for r, n in event_counts.items() if r is not None)
+    items_quarantined = sum(n for r, n in item_counts.items() if r is not None)
+    counts = _stage_counts(event_counts, item_counts)
     reconcile(counts, {
         "events_raw": written_events, "items_raw": written_items, "quarantine": written_quarantine,
     })
@@ -571,11 +620,60 @@ def run_ingest(ctx: RunContext) -> StageResult:
     )
 
 
+def _write_bronze(ctx: RunContext, cfg, events: DataFrame, items: DataFrame, txn) -> tuple:
+    """Write ``events_raw``, ``items_raw`` and ``quarantine`` under the run's ingest transaction;
+    ``(three write results, event rows per reason, item rows per reason)``."""
+    # Events: no cache of the whole source. The accepted write observes the count of every reason
+    # on its way (one pass); the quarantine write is a second, cheap pass over the same source.
+    observation = Observation("ingest_events")
+    observed = events.observe(observation, *_reason_count_columns(EVENT_REASONS))
+    items = items.persist(StorageLevel.MEMORY_AND_DISK)  # the catalog: small, read twice
+    try:
+        with source_errors():
+            item_counts = reason_counts(items)  # reads an independent catalog before anything is committed
+            written_events = ctx.warehouse.write(
+                "events_raw", accepted_rows(observed, EVENTS_RAW), mode="overwrite", txn=txn,
+                metadata={ORDER_ONLY_KEY: str(cfg.format in ORDER_ONLY_FORMATS).lower()},
+            )
+            # A write skipped as already committed (a retry) ran no job: its observation never fires.
+            event_counts = (reason_counts(events) if written_events.skipped
+                            else _observed_reason_counts(observation, EVENT_REASONS))
+            items_accepted = item_counts.get(None, 0)
+            events_quarantined = sum(n for r, n in event_counts.items() if r is not None)
+            items_quarantined = sum(n for r, n in item_counts.items() if r is not None)
+            accepted_items = accepted_rows(items, ITEMS_RAW).coalesce(_files_for(items_accepted))
+            written_items = ctx.warehouse.write("items_raw", accepted_items, mode="overwrite", txn=txn)
+            rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(
+                quarantine_rows(items, run_id=ctx.run_id, table="items")
+            ).coalesce(_files_for(events_quarantined + items_quarantined))
+            written_quarantine = ctx.warehouse.write("quarantine", rejected, mode="append", txn=txn)
+    finally:
+        items.unpersist()
+
+    return written_events, written_items, written_quarantine, event_counts, item_counts
+
+
+def _stage_counts(event_counts: Mapping, item_counts: Mapping) -> dict[str, int]:
+    """The stage's counts (in / accepted / quarantined per table, and per reason) from rows per reason."""
+    counts: dict[str, int] = {}
+    for table, table_counts in (("events", event_counts), ("items", item_counts)):
+        accepted = table_counts.get(None, 0)
+        quarantined = sum(n for r, n in table_counts.items() if r is not None)
+        counts |= {f"{table}_in": accepted + quarantined, f"{table}_accepted": accepted,
+                   f"{table}_quarantined": quarantined}
+    for table, table_counts in (("events", event_counts), ("items", item_counts)):
+        for reason, n in table_counts.items():
+            if reason is not None:
+                counts[f"{table}.quarantine.{reason}"] = n
+                counts[f"quarantine.{reason}"] = counts.get(f"quarantine.{reason}", 0) + n
+    return counts
+
+
 def _already_committed(ctx: RunContext, txn: tuple[str, int]) -> dict[str, int] | None:
     """The output tables' versions when this run id already committed all of them, else None."""
     if not all(ctx.warehouse.committed(table, txn) for table in OUTPUT_TABLES):
         return None
-    return {table: ctx.warehouse.version(table) for table in OUTPUT_TABLES}
+    return {table: ctx.warehouse.committed_version(table, txn) for table in OUTPUT_TABLES}
 
 
 def reconcile(counts: Mapping[str, int], written: Mapping[str, object]) -> None:

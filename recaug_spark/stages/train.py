@@ -47,17 +47,21 @@ def run_train(ctx: RunContext) -> StageResult:
         plan_experiment,
         run_experiment,
         values_by_variant,
+        verdict_lines,
     )
     from recaug_spark.train.quality import ALL_AUGMENTED
     from recaug_spark.train.report import write_report
 
     cfg = ctx.cfg.train
     if ctx.warehouse.committed("metrics", ctx.txn("train")):
-        return StageResult("train", rows_in=0, rows_out=0, tables={"metrics": ctx.warehouse.version("metrics")},
+        return StageResult("train", rows_in=0, rows_out=0,
+                           tables={"metrics": ctx.warehouse.committed_version("metrics", ctx.txn("train"))},
                            skipped=True)
 
     plan = plan_experiment(cfg, ctx.warehouse.uri("augmented_sequences"), ctx.warehouse.uri("sequence_targets"),
-                           ctx.warehouse.uri("items"))
+                           ctx.warehouse.uri("items"), version=ctx.input_version("augmented_sequences"),
+                           targets_version=ctx.input_version("sequence_targets"),
+                           items_version=ctx.input_version("items"))  # the last complete stages' versions
     quality = None
     if cfg.quality:
         from recaug_spark.train.quality import quality_report
@@ -77,6 +81,8 @@ def run_train(ctx: RunContext) -> StageResult:
     report = write_report(report_dir(ctx), plan, cfg, records, run_id=ctx.run_id, experiment=cfg.experiment,
                           config_hash=ctx.cfg.hash, quality=quality)
     log(comparison_table(records, chains={a.name: a.requested for a in plan.arms}))
+    for line in verdict_lines(records, cfg.early_stopping_metric):
+        log(f"[train] {line}")
     log(f"[train] report: {report}")
 
     counts: dict[str, int] = {"seeds": len(cfg.seeds), "variants": len(plan.arms) - 1,
@@ -86,6 +92,9 @@ def run_train(ctx: RunContext) -> StageResult:
             counts[count_key(c.variant, metric)] = int(round(c.mean * 10_000))
             if c.half_width == c.half_width:  # not NaN (one seed)
                 counts[count_key(c.variant, metric, "_ci")] = int(round(c.half_width * 10_000))
+            if c.relative_low == c.relative_low:  # the paired interval of the relative change (2+ seeds)
+                counts[count_key(c.variant, metric, "_rel_low")] = int(round(c.relative_low * 10_000))
+                counts[count_key(c.variant, metric, "_rel_high")] = int(round(c.relative_high * 10_000))
     for arm in plan.arms:
         steps = [r.steps for r in records if r.variant == arm.name]
         counts[f"steps.{arm.name}"] = int(round(sum(steps) / len(steps))) if steps else 0

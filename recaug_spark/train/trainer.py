@@ -501,6 +501,7 @@ def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Cal
     first, history = progress.load(_unwrap(model), optimizer, stopper) if progress else (0, [])
     if stopper.stopped_early:
         return history, stopper
+    loop_started = time.perf_counter()  # for the ETA of the epoch log line
     for epoch in range(first, config.epochs):
         start = time.perf_counter()
         losses = run.dist.sum(_train_epoch(model, optimizer, objective, epoch, run.device))
@@ -519,7 +520,9 @@ def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Cal
         if progress is not None:
             progress.save(epoch, _unwrap(model), optimizer, stopper, history)
         if log is not None and run.dist.rank == 0:
-            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            eta = (time.perf_counter() - loop_started) / (epoch + 1 - first) * (config.epochs - epoch - 1)
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+                + f" epoch {epoch + 1}/{config.epochs} eta≤{eta:.0f}s")
         if stop:
             break
     return history, stopper

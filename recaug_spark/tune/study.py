@@ -1,0 +1,245 @@
+"""The policy search itself: an Optuna study on the validation split, resumable, pruned, parallel.
+
+* **Sampler and pruner** (Optuna): TPE (seeded by ``tune.sampler_seed``) after
+  ``budget.startup_trials`` random ones; each trial reports its validation score after every epoch
+  (``evaluate.epoch_reporter``) and is stopped by the median pruner (below the median of earlier
+  trials at the same epoch, after ``budget.warmup_epochs``) or by successive halving.
+* **Storage**: an Optuna journal file (``JournalFileBackend``, append-only, safe for several
+  processes on one file system) in the study folder. A crash loses at most the trials that were
+  running: the next ``recaug tune`` of the study (which holds ``study.lock`` while it runs, so that
+  no other driver shares the study) marks them failed and queues their parameters again, and runs
+  only the trials still missing from ``budget.n_trials`` finished (complete or pruned) ones.
+* **Parallel**: ``budget.n_jobs`` > 1 runs that many worker processes (spawned) on the same
+  storage, each drawing, training and reporting its own trials (Optuna's multi-process pattern).
+* **Full re-runs**: the ``budget.rerun_top`` best proxy trials and the real-only baseline are
+  trained again with the full budget; each result is saved as ``full/<policy key>.json`` in the
+  study folder as it ends, so an interrupted re-run phase also resumes.
+
+``run_study(cfg, evaluate)``: ``evaluate(policy, budget, report)`` is a ``evaluate.TrialEvaluator``
+(or any callable with its contract: tests plant a known best policy with one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from recaug_spark.tune.evaluate import Budget, TuneError
+from recaug_spark.tune.space import Policy, policy_from_params, suggest_policy
+
+Evaluate = Callable[..., dict]
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def study_dir(cfg) -> Path:
+    """The study folder: ``tune.dir``, else ``<run.warehouse>/tune/<name>`` (a local folder)."""
+    from recaug_spark.paths import is_uri
+
+    if cfg.tune.dir:
+        return Path(cfg.tune.dir)
+    if is_uri(cfg.run.warehouse) and not cfg.run.warehouse.startswith("file:"):
+        raise TuneError(f"run.warehouse {cfg.run.warehouse} is not a local folder: set tune.dir to one")
+    return Path(cfg.run.warehouse.removeprefix("file://")) / "tune" / cfg.tune.name
+
+
+def budgets(cfg) -> tuple[Budget, Budget]:
+    """(proxy, full) budgets of the config."""
+    b = cfg.tune.budget
+    return Budget("proxy", b.proxy_epochs, b.proxy_user_share), Budget("full", b.full_epochs or cfg.train.epochs, 1.0)
+
+
+def open_study(cfg, folder: Path):
+    """The study on its journal file (created on first use), with the configured sampler and pruner."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    folder.mkdir(parents=True, exist_ok=True)
+    b = cfg.tune.budget
+    pruner = {
+        "median": optuna.pruners.MedianPruner(n_startup_trials=b.startup_trials, n_warmup_steps=b.warmup_epochs),
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, b.warmup_epochs)),
+        "none": optuna.pruners.NopPruner(),
+    }[b.pruner]
+    sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=b.startup_trials)
+    storage = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+    return optuna.create_study(
+        study_name=cfg.tune.name,
+        storage=storage,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+@contextlib.contextmanager
+def study_lock(folder: Path):
+    """Holds ``study.lock`` (one driver per study); fails at once when another process holds it."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "study.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuneError(f"another `recaug tune` is running the study in {folder}") from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def requeue_interrupted(study) -> list[int]:
+    """Trials left running by a crashed driver: marked failed, their parameters queued again (the
+    caller holds the study lock, so no live process owns them). Returns their numbers."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    return [t.number for t in stale]
+
+
+def finished_count(study) -> int:
+    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def objective(space, evaluate: Evaluate, budget: Budget):
+    """The Optuna objective: draw a policy, evaluate it under ``budget`` reporting every epoch's
+    validation score (pruned trials stop there), record best epoch, cap hit and seconds."""
+    import time
+
+    import optuna
+
+    def run(trial) -> float:
+        policy = suggest_policy(trial, space)
+        trial.set_user_attr("policy", policy.describe())
+        trial.set_user_attr("policy_key", policy.key())
+        started = time.perf_counter()
+
+        def report(epoch: int, score: float) -> None:
+            trial.report(score, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"validation {score:.4f} at epoch {epoch}")
+
+        try:
+            out = evaluate(policy, budget, report)
+        finally:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+        for key in ("best_epoch", "cap_hit", "epochs_run"):
+            trial.set_user_attr(key, out[key])
+        return out["score"]
+
+    return run
+
+
+def optimize(study, cfg, evaluate: Evaluate, budget: Budget, trials: int) -> None:
+    """Up to ``trials`` more trials in this process, stopping once the study has ``n_trials`` finished."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    stop = MaxTrialsCallback(cfg.tune.budget.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    study.optimize(
+        objective(cfg.tune.space, evaluate, budget),
+        n_trials=trials,
+        callbacks=[stop],
+        catch=(TuneError,),
+        gc_after_trial=True,
+    )
+
+
+def _worker(cfg_json: str, folder: str, factory: Callable[[Any], Evaluate], trials: int) -> int:
+    """One worker process of a parallel search: its own evaluator on the shared storage."""
+    from recaug_spark.config import validate
+
+    cfg = validate(json.loads(cfg_json))
+    study = open_study(cfg, Path(folder))
+    optimize(study, cfg, factory(cfg), budgets(cfg)[0], trials)
+    return os.getpid()
+
+
+def search(
+    cfg,
+    evaluate: Evaluate | None = None,
+    *,
+    factory: Callable[[Any], Evaluate] | None = None,
+    log: Callable[[str], None] = print,
+):
+    """The search phase: resume the study, then run the missing trials (in ``n_jobs`` worker processes,
+    which build their evaluator with ``factory(cfg)``, or here with ``evaluate``). Returns the study."""
+    folder = study_dir(cfg)
+    study = open_study(cfg, folder)
+    requeued = requeue_interrupted(study)
+    if requeued:
+        log(f"[tune] trial(s) {requeued} were interrupted: queued again")
+    missing = cfg.tune.budget.n_trials - finished_count(study)
+    log(
+        f"[tune] study {cfg.tune.name} in {folder}: {finished_count(study)} finished trial(s), {max(missing, 0)} to run"
+    )
+    if missing <= 0:
+        return study
+    jobs = min(cfg.tune.budget.n_jobs, missing)
+    if jobs <= 1:
+        optimize(study, cfg, evaluate if evaluate is not None else factory(cfg), budgets(cfg)[0], missing)
+        return study
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        share = math.ceil(missing / jobs) + 1  # failed trials may need a retry; the callback stops them all
+        for future in [pool.submit(_worker, cfg.to_json(), str(folder), factory, share) for _ in range(jobs)]:
+            future.result()
+    return study
+
+
+@dataclass(frozen=True)
+class FullRun:
+    """A policy trained with the full budget (validation only)."""
+
+    policy: Policy
+    result: dict
+    trials: tuple[int, ...]  # the study trials with this policy ((): the baseline)
+
+
+def rerun_in_full(study, cfg, evaluate: Evaluate, *, log: Callable[[str], None] = print) -> dict[str, FullRun]:
+    """The baseline and the ``rerun_top`` best complete proxy trials (distinct policies) with the full
+    budget, by policy key; results saved in ``full/`` of the study folder and reused when present."""
+    from optuna.trial import TrialState
+
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: (-t.value, t.number)
+    )
+    chosen: dict[str, tuple[Policy, list[int]]] = {}
+    baseline = Policy((), None)
+    chosen[baseline.key()] = (baseline, [])
+    for trial in complete:
+        policy = policy_from_params(trial.params, cfg.tune.space)
+        if policy.key() not in chosen and len(chosen) <= cfg.tune.budget.rerun_top:
+            chosen[policy.key()] = (policy, [])
+        if policy.key() in chosen:
+            chosen[policy.key()][1].append(trial.number)
+    folder = study_dir(cfg) / "full"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for key, (policy, numbers) in chosen.items():
+        path = folder / f"{key}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+        else:
+            result = evaluate(policy, budgets(cfg)[1], None)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(path)  # atomic: a crash leaves no half-written result
+        log(
+            f"[tune] full run of {policy.describe()}: validation {result['score']:.4f} "
+            f"(best epoch {result['best_epoch']}, cap hit {result['cap_hit']})"
+        )
+        runs[key] = FullRun(policy, result, tuple(numbers))
+    return runs
