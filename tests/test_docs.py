@@ -144,7 +144,10 @@ def test_documented_yaml_is_valid_config(page, tmp_path):
 
 def test_benchmark_commands_name_real_scripts_and_options():
     page = DOCS / "benchmarks.md"
-    scripts = [argv for argv in _command_lines(page) if argv[0].endswith("python")]
+    pythons = [argv for argv in _command_lines(page) if argv[0].endswith("python")]
+    for argv in (a for a in pythons if a[1] == "-m"):  # `python -m recaug_spark...`: a module of the package
+        assert (ROOT / (argv[2].replace(".", "/") + ".py")).is_file(), f"no module {argv[2]}"
+    scripts = [argv for argv in pythons if argv[1] != "-m"]
     assert {argv[1] for argv in scripts} == {f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py")}
     for argv in scripts:
         source = (ROOT / argv[1]).read_text()
