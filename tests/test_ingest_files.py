@@ -10,12 +10,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _process import run_in_own_group
 
 from recaug_spark.config import IngestConfig, validate
 from recaug_spark.runs import RunContext
 from recaug_spark.sources import SourceError, read_sources
 from recaug_spark.stages.ingest import check_events, run_ingest
-from tests._process import run_in_own_group
 
 NOW_ISO = "2024-06-01T00:00:00+00:00"
 RETAIL_HEADER = "Country,InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Extra,\n"
