@@ -1,10 +1,12 @@
-"""Running a child process tree from a test, killed as a whole on timeout."""
+"""Running a child process tree from a test, killed as a whole on timeout; a test's own standalone cluster."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +22,22 @@ def run_in_own_group(command: list[str], *, timeout_s: float, **kwargs) -> subpr
             stdout, stderr = proc.communicate()
             pytest.fail(f"{command[:3]}... did not finish within {timeout_s:.0f}s\n{stdout[-3000:]}\n{stderr[-3000:]}")
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+@contextmanager
+def two_worker_cluster(work: Path):
+    """A standalone cluster of 2 one-core workers on free ports, its files under ``work``; yields
+    ``start_cluster``'s status and stops the cluster (its own PIDs only) on exit."""
+    from recaug_spark.cluster import free_port, start_cluster, stop_cluster
+    from recaug_spark.config import ClusterConfig
+
+    ports = set()
+    while len(ports) < 2:
+        ports.add(free_port())
+    master_port, webui_port = sorted(ports)
+    cfg = ClusterConfig(work_dir=str(work), master_port=master_port, master_webui_port=webui_port,
+                        workers=2, cores_per_worker=1, memory_per_worker="1536m", start_timeout_s=120)
+    try:
+        yield start_cluster(cfg)
+    finally:
+        stop_cluster(cfg)

@@ -10,26 +10,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from _process import run_in_own_group
+from _process import two_worker_cluster as start_two_worker_cluster
 
-from recaug_spark.cluster import free_port, spark_home, start_cluster, stop_cluster
-from recaug_spark.config import ClusterConfig
+from recaug_spark.cluster import spark_home
 
 APP = Path(__file__).resolve().parent / "apps" / "augment_app.py"
 
 
 @pytest.fixture(scope="module")
 def two_worker_cluster(tmp_path_factory):
-    work = tmp_path_factory.mktemp("cluster2")
-    ports = set()
-    while len(ports) < 2:
-        ports.add(free_port())
-    master_port, webui_port = sorted(ports)
-    cfg = ClusterConfig(work_dir=str(work), master_port=master_port, master_webui_port=webui_port,
-                        workers=2, cores_per_worker=1, memory_per_worker="1536m", start_timeout_s=120)
-    try:
-        yield start_cluster(cfg)
-    finally:
-        stop_cluster(cfg)
+    with start_two_worker_cluster(tmp_path_factory.mktemp("cluster2")) as status:
+        yield status
 
 
 def run_app(master_url: str, cores_max: int, output: Path, *extra: str) -> str:

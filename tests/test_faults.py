@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 from _process import run_in_own_group
+from _process import two_worker_cluster as start_two_worker_cluster
 
-from recaug_spark.cluster import free_port, spark_home, start_cluster, stop_cluster
-from recaug_spark.config import ClusterConfig
+from recaug_spark.cluster import spark_home
 from recaug_spark.delta.arrow_reader import read_arrow
 
 APP = Path(__file__).resolve().parent / "apps" / "fault_app.py"
@@ -38,17 +38,8 @@ CLEAN_TABLES = ("events", "items", "sequences", "sequence_targets")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    work = tmp_path_factory.mktemp("fault-cluster")
-    ports = set()
-    while len(ports) < 2:
-        ports.add(free_port())
-    master_port, webui_port = sorted(ports)
-    cfg = ClusterConfig(work_dir=str(work), master_port=master_port, master_webui_port=webui_port,
-                        workers=2, cores_per_worker=1, memory_per_worker="1536m", start_timeout_s=120)
-    try:
-        yield start_cluster(cfg)
-    finally:
-        stop_cluster(cfg)
+    with start_two_worker_cluster(tmp_path_factory.mktemp("fault-cluster")) as status:
+        yield status
 
 
 def run_app(master_url: str, warehouse: Path, stages: str, *extra: str, expect_ok: bool = True):
