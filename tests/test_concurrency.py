@@ -33,27 +33,36 @@ def _add(uri: str, values: list[int]):
                      stats=json.dumps({"numRecords": len(values)}))
 
 
-def _race(uri: str, writers: list[dict]) -> list:
-    """Every writer reads the table, then all commit at once (threads released by one barrier)."""
-    barrier = threading.Barrier(len(writers))
-    outcomes: list = [None] * len(writers)
+def _at_once(task, count: int, timeout_s: float) -> list:
+    """``task(i)`` for i in 0..count-1, each in its own thread; the results, or the exception each raised."""
+    outcomes: list = [None] * count
 
-    def run(i: int, spec: dict) -> None:
-        snapshot = DeltaTable(uri)  # the version this writer read
-        actions = [_add(uri, spec["values"])]
-        barrier.wait()
+    def run(i: int) -> None:
         try:
-            outcomes[i] = commit_actions(uri, snapshot, actions, mode=spec["mode"], schema=Schema.from_arrow(SCHEMA),
-                                         txn=spec.get("txn"))
+            outcomes[i] = task(i)
         except Exception as error:  # noqa: BLE001 - the outcome is what the test checks
             outcomes[i] = error
 
-    threads = [threading.Thread(target=run, args=(i, spec)) for i, spec in enumerate(writers)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=timeout_s)
     return outcomes
+
+
+def _race(uri: str, writers: list[dict]) -> list:
+    """Every writer reads the table, then all commit at once (threads released by one barrier)."""
+    barrier = threading.Barrier(len(writers))
+
+    def commit(i: int):
+        snapshot = DeltaTable(uri)  # the version this writer read
+        actions = [_add(uri, writers[i]["values"])]
+        barrier.wait()
+        return commit_actions(uri, snapshot, actions, mode=writers[i]["mode"], schema=Schema.from_arrow(SCHEMA),
+                              txn=writers[i].get("txn"))
+
+    return _at_once(commit, len(writers), timeout_s=60)
 
 
 @pytest.fixture()
@@ -100,22 +109,14 @@ def test_concurrent_create_of_an_append_table_keeps_both(tmp_path):
     uri = str(tmp_path / "runs")
     os.makedirs(uri)
     barrier = threading.Barrier(2)
-    outcomes: list = [None, None]
 
-    def run(i: int) -> None:
+    def create(i: int):
         actions = [_add(uri, [i])]
         barrier.wait()
-        try:
-            outcomes[i] = commit_actions(uri, None, actions, mode="append", schema=Schema.from_arrow(SCHEMA),
-                                         txn=(f"recaug/run{i}/runs", 0))
-        except Exception as error:  # noqa: BLE001
-            outcomes[i] = error
+        return commit_actions(uri, None, actions, mode="append", schema=Schema.from_arrow(SCHEMA),
+                              txn=(f"recaug/run{i}/runs", 0))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = _at_once(create, 2, timeout_s=60)
     assert sorted(outcomes) == [0, 1], outcomes
     assert _values(uri) == [0, 1]
 
@@ -146,20 +147,11 @@ def test_two_spark_writes_with_one_run_id_commit_once(spark, tmp_path, monkeypat
     wh = Warehouse(spark, str(tmp_path / "wh"))
     wh.write("quarantine", spark.createDataFrame([(0,)], "x long"), mode="append")
     monkeypatch.setattr(delta_rs, "staged", staged_then_wait)
-    outcomes: list = [None, None]
-
-    def run(i: int) -> None:
+    def write(i: int):
         df = spark.createDataFrame([(1,), (2,)], "x long").coalesce(1)
-        try:
-            outcomes[i] = wh.write("quarantine", df, mode="append", txn=("recaug/X/ingest", 0))
-        except Exception as error:  # noqa: BLE001
-            outcomes[i] = error
+        return wh.write("quarantine", df, mode="append", txn=("recaug/X/ingest", 0))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    outcomes = _at_once(write, 2, timeout_s=300)
     assert sum(isinstance(o, CommittedByConcurrentRun) for o in outcomes) == 1, outcomes
     assert sorted(r.x for r in wh.read("quarantine").collect()) == [0, 1, 2]  # not [0, 1, 1, 2, 2]
     folder = tmp_path / "wh" / "quarantine"

@@ -111,11 +111,12 @@ def study_table(arms: dict[str, dict[int, dict]], metric: str = "ndcg@10", secon
     lines = [f"Strongest baseline (chosen on validation {metric}): **{reference}**. Test split, mean ± 95% CI over "
              "seeds; Δ: relative change with its paired-by-seed 95% CI (* = excludes 0).", "", header,
              "|" + "---|" * (8 + len(segments))]
+    per_segment = {s: _against(_values(arms, metric, s), reference, metric) for s in segments}  # once, not per arm
     order = sorted(arms, key=lambda a: (a != reference, not a.startswith(f"{BASELINE} ("), a))
     for arm in order:
         runs = arms[arm]
         valid = M.mean_ci([r["valid"][metric] for r in runs.values()])
-        by_segment = [_against(_values(arms, metric, s), reference, metric).get(arm) for s in segments]
+        by_segment = [per_segment[s].get(arm) for s in segments]
         cells = [arm, str(len(runs)), format_mean_ci(valid["mean"], valid["half_width"]),
                  format_mean_ci(main[arm].mean, main[arm].half_width),
                  "—" if arm == reference else format_relative(main[arm]),
