@@ -270,3 +270,32 @@ def test_rank_correlation_and_best_record_on_known_rows():
     assert c["n"] == 3 and c["rho"] == pytest.approx(-1.0)
     assert H.best_record(rows)["trial"] == 0  # the best full score, not the best proxy
     assert math.isnan(H.rank_correlation(rows[:2])["rho"])
+
+
+def test_a_trial_reports_the_trainers_exact_validation_scores_and_a_prune_stops_it(tmp_path):
+    """The evaluator reports through the trainer's ``on_epoch`` callback: the scores are the metrics
+    themselves (not the log line's 4-decimal text), and the pruning exception ends the trial at that
+    epoch, its scratch rows removed."""
+    import optuna
+
+    from recaug_spark.tune.evaluate import Budget, TrialEvaluator, pin_inputs
+
+    _tiny_warehouse(tmp_path / "wh")
+    cfg = _cfg(tmp_path, *TINY)
+    (tmp_path / "scratch").mkdir()
+    evaluator = TrialEvaluator(cfg, pin_inputs(str(tmp_path / "wh")), scratch=str(tmp_path / "scratch"))
+    policy = policy_from_params({"chains": "crop", "crop.crop.eta": 0.6, "consume": "rows"}, cfg.tune.space)
+    reported = []
+    out = evaluator(policy, Budget("proxy", 3), lambda epoch, score: reported.append((epoch, score)))
+    assert [e for e, _ in reported] == [0, 1, 2] and out["epochs_run"] == 3
+    assert dict(reported)[out["best_epoch"]] == out["score"]  # bit for bit: the value the trial returns
+
+    def prune(epoch, score):
+        reported.append((epoch, score))
+        if epoch == 1:
+            raise optuna.TrialPruned(f"epoch {epoch}")
+
+    reported.clear()
+    with pytest.raises(optuna.TrialPruned):
+        evaluator(policy, Budget("proxy", 3), prune)
+    assert [e for e, _ in reported] == [0, 1] and not list((tmp_path / "scratch").iterdir())

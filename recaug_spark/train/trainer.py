@@ -84,6 +84,9 @@ from recaug_spark.train.progress import Progress, fingerprint
 
 CHECKPOINT_FORMAT = 1
 
+# ``train(..., on_epoch=)``: called with (epoch, validation metrics) after each validation; may raise to stop.
+EpochCallback = Callable[[int, dict], None]
+
 # Settings that only choose the test breakdown's groups, never what is trained: left out of a
 # resumable run's fingerprint, so that progress saved before a group existed still resumes.
 # (short_history_max and head_item_share choose groups too, but were in the fingerprint of every
@@ -240,7 +243,7 @@ def train(config: TrainConfig, train_files: Sequence[DataFile], valid_targets, t
           history_files: Sequence[DataFile] | None = None, vocabulary: Vocabulary | None = None,
           seed: int | None = None, device=None, checkpoint_path: str | None = None,
           log: Callable[[str], None] | None = None, objective: ObjectiveFactory | None = None,
-          progress_path: str | None = None) -> dict:
+          progress_path: str | None = None, on_epoch: EpochCallback | None = None) -> dict:
     """Train and evaluate in this process; returns the result dict (see ``_result``).
 
     ``valid_targets`` / ``test_targets``: the ``sequence_targets`` table (pyarrow, filtered by its
@@ -250,6 +253,9 @@ def train(config: TrainConfig, train_files: Sequence[DataFile], valid_targets, t
     ``vocabulary``: default every item of the training files and targets. ``objective``: what to
     train (default ``next_item_objective``). ``progress_path``: save the run's state there after
     every epoch and resume from it if it exists (``recaug_spark.train.progress``); removed at the end.
+    ``on_epoch(epoch, metrics)``: called after each validation (after that epoch's log line) with the
+    validation metrics the early stopping saw; an exception it raises (e.g. ``optuna.TrialPruned``
+    from ``recaug tune``) stops training there and propagates unchanged: no test, no checkpoint.
     """
     history_files = _default_history(train_files) if history_files is None else list(history_files)
     if not history_files:
@@ -262,7 +268,7 @@ def train(config: TrainConfig, train_files: Sequence[DataFile], valid_targets, t
     run = _Run(config, config.seeds[0] if seed is None else seed, resolve_device(config.device, device), _Dist())
     return _fit(run, read_sequences(train_files, vocabulary), read_sequences(history_files, vocabulary),
                 valid_targets, test_targets, vocabulary, checkpoint_path=checkpoint_path, log=log, objective=objective,
-                progress_path=progress_path)
+                progress_path=progress_path, on_epoch=on_epoch)
 
 
 def train_rank(config: TrainConfig | dict | str, table_uri: str, *, version: int | None = None,
@@ -454,7 +460,8 @@ class EarlyStopping:
 
 def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targets, test_targets,
          vocabulary: Vocabulary, *, checkpoint_path: str | None, log: Callable[[str], None] | None,
-         objective: ObjectiveFactory | None = None, progress_path: str | None = None) -> dict:
+         objective: ObjectiveFactory | None = None, progress_path: str | None = None,
+         on_epoch: EpochCallback | None = None) -> dict:
     """One training run on this rank's sequences: set up, the epochs, the test of the best state,
     the checkpoint; every rank returns rank 0's result dict (see ``_result``)."""
     import torch
@@ -481,7 +488,7 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
         key = fingerprint(settings, run.seed, inputs.n_items, len(inputs.train), steps,
                           getattr(objective, "settings", None))  # a consumption mode's own settings
         progress = Progress(Path(progress_path), key)
-    history, stopper = _run_epochs(run, model, optimizer, trained, validate, log, progress)
+    history, stopper = _run_epochs(run, model, optimizer, trained, validate, log, progress, on_epoch)
     stopper.restore(_unwrap(model))
     result = _result(run, inputs, stopper, history, steps, _test(run, model, inputs), started)
     if checkpoint_path is not None and dist.rank == 0:
@@ -493,9 +500,10 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
 
 def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Callable[[], dict[str, float]],
                 log: Callable[[str], None] | None, progress: Progress | None = None,
-                ) -> tuple[list[dict], EarlyStopping]:
+                on_epoch: EpochCallback | None = None) -> tuple[list[dict], EarlyStopping]:
     """Epochs until the budget or the patience runs out: (one record per epoch, the early stopping).
-    With ``progress``, a saved state is resumed first and the state is saved after every epoch."""
+    With ``progress``, a saved state is resumed first and the state is saved after every epoch;
+    ``on_epoch(epoch, valid)`` follows each validation (and its log line) and may raise to stop."""
     config = run.config
     stopper = EarlyStopping(config.patience)
     first, history = progress.load(_unwrap(model), optimizer, stopper) if progress else (0, [])
@@ -503,7 +511,7 @@ def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Cal
         return history, stopper
     loop_started = time.perf_counter()  # for the ETA of the epoch log line
     for epoch in range(first, config.epochs):
-        start = time.perf_counter()
+        start, valid = time.perf_counter(), None
         losses = run.dist.sum(_train_epoch(model, optimizer, objective, epoch, run.device))
         record = {"epoch": epoch, "loss": losses["loss"] / max(losses["batches"], 1),
                   "train_seconds": time.perf_counter() - start}
@@ -523,6 +531,8 @@ def _run_epochs(run: _Run, model, optimizer, objective: Objective, validate: Cal
             eta = (time.perf_counter() - loop_started) / (epoch + 1 - first) * (config.epochs - epoch - 1)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
                 + f" epoch {epoch + 1}/{config.epochs} eta≤{eta:.0f}s")
+        if on_epoch is not None and valid is not None:
+            on_epoch(epoch, dict(valid))
         if stop:
             break
     return history, stopper

@@ -27,7 +27,6 @@ batches, as in ``train/experiment.py``'s fairness rule).
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import tempfile
 import time
@@ -114,17 +113,15 @@ def sampled_users(user_ids: pa.Array, share: float, seed: int) -> np.ndarray:
     return rng.uniform(seed, "tune:users", rng.key_strings(user_ids)) < share
 
 
-def epoch_reporter(metric: str, report: Callable[[int, float], None]) -> Callable[[str], None]:
-    """A trainer ``log`` callback that calls ``report(epoch, validation score)`` for every epoch line
-    carrying a validation score (``train.trainer._run_epochs`` writes ``epoch=E ... valid_<metric>=V``)."""
-    pattern = re.compile(rf"(?:^| )valid_{re.escape(metric)}=(\S+)")
+def epoch_reporter(metric: str, report: Callable[[int, float], None]) -> Callable[[int, dict], None]:
+    """A trainer ``on_epoch`` callback (``train.trainer.train``) that calls ``report(epoch, score)`` with
+    the validation ``metric`` after every validation; what ``report`` raises (the pruning exception)
+    stops the training."""
 
-    def log(line: str) -> None:
-        epoch, score = re.search(r"(?:^| )epoch=(\d+)", line), pattern.search(line)
-        if epoch and score:
-            report(int(epoch.group(1)), float(score.group(1)))
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        report(epoch, float(metrics[metric]))
 
-    return log
+    return on_epoch
 
 
 def needs_spark(policy: Policy) -> list[str]:
@@ -238,7 +235,7 @@ class TrialEvaluator:
         )
         chain_files = [f for chain, chain_files in files.items() if chain != REAL_CHAIN for f in chain_files]
         train_files, objective = arm_inputs(policy.variant, real, chain_files)
-        log = None if report is None else epoch_reporter(trainer_cfg.early_stopping_metric, report)
+        on_epoch = None if report is None else epoch_reporter(trainer_cfg.early_stopping_metric, report)
         return train(
             trainer_cfg,
             train_files,
@@ -247,7 +244,7 @@ class TrialEvaluator:
             history_files=real,
             vocabulary=vocabulary,
             seed=self.cfg.tune.train_seed,
-            log=log,
+            on_epoch=on_epoch,
             objective=objective,
         )
 

@@ -162,8 +162,12 @@ def history_table(records: Sequence[dict]) -> pa.Table:
 
 
 def write_history(warehouse, records: Sequence[dict], study_name: str):
-    """Replace this study's partition of ``tune_trials`` with ``records`` (one atomic commit)."""
-    frame = warehouse.spark.createDataFrame(history_table(records).to_pandas(), _spark_schema())
+    """Replace this study's partition of ``tune_trials`` with ``records`` (one atomic commit).
+
+    The rows go to Spark as Python values of the Arrow schema, not through pandas: pandas turns an
+    integer column with a null (a pruned trial's best epoch) into floats that Spark's LongType refuses."""
+    rows = [tuple(row[name] for name, _ in COLUMNS) for row in history_table(records).to_pylist()]
+    frame = warehouse.spark.createDataFrame(rows, _spark_schema())
     exists = warehouse.exists(TABLE)
     return warehouse.write(
         TABLE,
@@ -184,7 +188,7 @@ def _spark_schema():
         pa.bool_(): T.BooleanType(),
     }
     return T.StructType(
-        [T.StructField(name, kinds[kind], name in ("study", "trial", "state")) for name, kind in COLUMNS]
+        [T.StructField(name, kinds[kind], nullable=name not in ("study", "trial", "state")) for name, kind in COLUMNS]
     )
 
 

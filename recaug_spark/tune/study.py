@@ -2,8 +2,9 @@
 
 * **Sampler and pruner** (Optuna): TPE (seeded by ``tune.sampler_seed``) after
   ``budget.startup_trials`` random ones; each trial reports its validation score after every epoch
-  (``evaluate.epoch_reporter``) and is stopped by the median pruner (below the median of earlier
-  trials at the same epoch, after ``budget.warmup_epochs``) or by successive halving.
+  (the trainer's ``on_epoch`` callback, ``evaluate.epoch_reporter``) and is stopped by the median
+  pruner (below the median of earlier trials at the same epoch, after ``budget.warmup_epochs``) or
+  by successive halving.
 * **Storage**: an Optuna journal file (``JournalFileBackend``, append-only, safe for several
   processes on one file system) in the study folder. A crash loses at most the trials that were
   running: the next ``recaug tune`` of the study (which holds ``study.lock`` while it runs, so that
@@ -11,6 +12,15 @@
   only the trials still missing from ``budget.n_trials`` finished (complete or pruned) ones.
 * **Parallel**: ``budget.n_jobs`` > 1 runs that many worker processes (spawned) on the same
   storage, each drawing, training and reporting its own trials (Optuna's multi-process pattern).
+  The missing trials are split into exact quotas, so the study ends with exactly ``n_trials``
+  finished ones; a round whose failed trials leave some missing is followed by another round.
+* **Sampler seeds** (:func:`sampler_seed`): a fresh study's first (or only) worker draws with
+  ``tune.sampler_seed``; every other worker, and every later session of the study, draws with a
+  seed derived from it, the trials already stored and the worker number. Two workers with one
+  seed would propose the same parameters, and a resumed study would replay its first session's
+  random draws. A serial search is reproducible; a parallel one is not in trial order (each TPE
+  draw conditions on whichever trials happened to finish first), only in its invariants: no trial
+  repeated or lost, exactly ``n_trials`` finished (tests/test_tune_parallel.py).
 * **Full re-runs**: the ``budget.rerun_top`` best proxy trials and the real-only baseline are
   trained again with the full budget; each result is saved as ``full/<policy key>.json`` in the
   study folder as it ends, so an interrupted re-run phase also resumes.
@@ -23,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +62,21 @@ def budgets(cfg) -> tuple[Budget, Budget]:
     return Budget("proxy", b.proxy_epochs, b.proxy_user_share), Budget("full", b.full_epochs or cfg.train.epochs, 1.0)
 
 
-def open_study(cfg, folder: Path):
-    """The study on its journal file (created on first use), with the configured sampler and pruner."""
+def sampler_seed(base: int, stored_trials: int, worker: int) -> int:
+    """The sampler seed of one worker of one session: ``base`` for the first worker of a fresh study,
+    else a seed derived from (base, trials already stored, worker), distinct between workers and
+    sessions, the same for the same study state."""
+    import numpy as np
+
+    if stored_trials == 0 and worker == 0:
+        return base
+    return int(np.random.SeedSequence([base, stored_trials, worker]).generate_state(1)[0])
+
+
+def open_study(cfg, folder: Path, *, seed: int | None = None):
+    """The study on its journal file (created on first use), with the configured pruner and a TPE
+    sampler seeded with ``seed`` (default: :func:`sampler_seed` of the first worker, given the
+    trials stored)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -66,16 +88,14 @@ def open_study(cfg, folder: Path):
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, b.warmup_epochs)),
         "none": optuna.pruners.NopPruner(),
     }[b.pruner]
-    sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=b.startup_trials)
     storage = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
-    return optuna.create_study(
-        study_name=cfg.tune.name,
-        storage=storage,
-        direction="maximize",
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
+    study = optuna.create_study(
+        study_name=cfg.tune.name, storage=storage, direction="maximize", pruner=pruner, load_if_exists=True
     )
+    if seed is None:
+        seed = sampler_seed(cfg.tune.sampler_seed, len(study.get_trials(deepcopy=False)), 0)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=b.startup_trials)
+    return study
 
 
 @contextlib.contextmanager
@@ -155,14 +175,20 @@ def optimize(study, cfg, evaluate: Evaluate, budget: Budget, trials: int) -> Non
     )
 
 
-def _worker(cfg_json: str, folder: str, factory: Callable[[Any], Evaluate], trials: int) -> int:
-    """One worker process of a parallel search: its own evaluator on the shared storage."""
+def _worker(cfg_json: str, folder: str, factory: Callable[[Any], Evaluate], trials: int, seed: int) -> int:
+    """One worker process of a parallel search: its own evaluator and sampler seed on the shared storage."""
     from recaug_spark.config import validate
 
     cfg = validate(json.loads(cfg_json))
-    study = open_study(cfg, Path(folder))
+    study = open_study(cfg, Path(folder), seed=seed)
     optimize(study, cfg, factory(cfg), budgets(cfg)[0], trials)
     return os.getpid()
+
+
+def quotas(missing: int, jobs: int) -> list[int]:
+    """``missing`` trials split over at most ``jobs`` workers, as evenly as possible (sum: ``missing``)."""
+    jobs = max(1, min(jobs, missing))
+    return [missing // jobs + (i < missing % jobs) for i in range(jobs)]
 
 
 def search(
@@ -172,31 +198,46 @@ def search(
     factory: Callable[[Any], Evaluate] | None = None,
     log: Callable[[str], None] = print,
 ):
-    """The search phase: resume the study, then run the missing trials (in ``n_jobs`` worker processes,
-    which build their evaluator with ``factory(cfg)``, or here with ``evaluate``). Returns the study."""
+    """The search phase: resume the study, then run the missing trials in rounds (in ``n_jobs`` worker
+    processes, which build their evaluator with ``factory(cfg)``, or here with ``evaluate``) until
+    ``n_trials`` are finished or a round finishes none (its trials failed). Returns the study."""
     folder = study_dir(cfg)
     study = open_study(cfg, folder)
     requeued = requeue_interrupted(study)
     if requeued:
         log(f"[tune] trial(s) {requeued} were interrupted: queued again")
-    missing = cfg.tune.budget.n_trials - finished_count(study)
-    log(
-        f"[tune] study {cfg.tune.name} in {folder}: {finished_count(study)} finished trial(s), {max(missing, 0)} to run"
-    )
-    if missing <= 0:
-        return study
-    jobs = min(cfg.tune.budget.n_jobs, missing)
-    if jobs <= 1:
-        optimize(study, cfg, evaluate if evaluate is not None else factory(cfg), budgets(cfg)[0], missing)
-        return study
+    while True:
+        finished = finished_count(study)
+        missing = cfg.tune.budget.n_trials - finished
+        log(f"[tune] study {cfg.tune.name} in {folder}: {finished} finished trial(s), {max(missing, 0)} to run")
+        if missing <= 0:
+            return study
+        shares = quotas(missing, cfg.tune.budget.n_jobs)
+        if len(shares) == 1:
+            optimize(study, cfg, evaluate if evaluate is not None else factory(cfg), budgets(cfg)[0], missing)
+        else:
+            _parallel_round(cfg, folder, factory, shares, len(study.get_trials(deepcopy=False)))
+        if finished_count(study) == finished:
+            log("[tune] no trial finished in the last round (see the failed trials): stopping")
+            return study
+
+
+def _parallel_round(cfg, folder: Path, factory, shares: list[int], stored: int) -> None:
+    """One round of worker processes, worker ``i`` running ``shares[i]`` trials with its own sampler seed."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        share = math.ceil(missing / jobs) + 1  # failed trials may need a retry; the callback stops them all
-        for future in [pool.submit(_worker, cfg.to_json(), str(folder), factory, share) for _ in range(jobs)]:
+    if factory is None:
+        raise TuneError("tune.budget.n_jobs > 1 needs an evaluator factory (each worker process builds its own)")
+    with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(
+                _worker, cfg.to_json(), str(folder), factory, share, sampler_seed(cfg.tune.sampler_seed, stored, i)
+            )
+            for i, share in enumerate(shares)
+        ]
+        for future in futures:
             future.result()
-    return study
 
 
 @dataclass(frozen=True)
