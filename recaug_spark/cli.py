@@ -279,6 +279,21 @@ def vacuum_command(configs, sets, retention_hours, orphan_age_minutes, dry_run, 
         click.echo(("[dry run] " if dry_run else "") + report.line())
 
 
+@main.command("runs")
+@config_options
+def runs_command(configs, sets, **shorthands):
+    """List each stage of each run (only --run-id's when given): finished, or started and never finished
+    (it crashed, or it still runs: the driver host:pid is shown), with its attempts (no Spark)."""
+    from recaug_spark.runs import STARTS, listing_line, stage_listing, stage_records, start_records
+
+    cfg = resolve_config(configs, sets, **shorthands)
+    root = cfg.run.warehouse.rstrip("/")
+    entries = stage_listing(stage_records(f"{root}/runs"), start_records(f"{root}/{STARTS}"))
+    for entry in entries:
+        if cfg.run.run_id in (None, entry["run_id"]):
+            click.echo(listing_line(entry))
+
+
 @main.command("augmenters")
 @click.option("--markdown", is_flag=True, help="Print the Markdown reference (docs/augmenters.md).")
 def list_augmenters(markdown):

@@ -54,6 +54,7 @@ _BINARY_MAGICS = {
     b"\xfd7zXZ": "an xz file (decompress it, or recompress with gzip)",
     b"7z\xbc\xaf": "a 7-Zip archive (extract it first)",
 }
+_TEXT_CONTROLS = bytes(set(range(32)) - {9, 10, 11, 12, 13}) + b"\x7f"  # bytes that plain text does not hold
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 csv.field_size_limit(sys.maxsize)  # a 64 MiB field is data, not an error
@@ -122,7 +123,7 @@ def sniff(head: bytes, name: str, encoding: str | None) -> tuple[str, int]:
         if head.startswith(bom):
             return codec, len(bom) if codec == "utf-8" else 0
     for magic, what in _BINARY_MAGICS.items():
-        if head.startswith(magic):
+        if head.startswith(magic) and not _textual(head[:_SNIFF]):  # "BZh1 2 3" is a 5-core line
             raise FileRefusal(name, f"this is {what}, not text")
     if encoding is not None:
         return encoding, 0
@@ -136,6 +137,19 @@ def sniff(head: bytes, name: str, encoding: str | None) -> tuple[str, int]:
         raise FileRefusal(name, "the file holds binary data (many NUL bytes), not text; check the path and "
                                 "ingest.format")
     return "utf-8", 0
+
+
+def _textual(sample: bytes) -> bool:
+    """True when ``sample`` is UTF-8 text without control bytes other than tab, line breaks and
+    form feeds (a character cut at its end allowed): a text file that happens to start like a binary
+    format's magic (``PAR1``, ``BZh``) is still text."""
+    if sample.translate(None, _TEXT_CONTROLS) != sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(sample) - 3 and error.reason == "unexpected end of data"
+    return True
 
 
 def physical_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -170,6 +184,94 @@ def file_lines(stream: BinaryIO, name: str, encoding: str | None = None) -> Iter
     for line in physical_lines(rest):
         yield offset, line
         offset += len(line)
+
+
+def file_blocks(stream: BinaryIO, name: str, encoding: str | None = None) -> Iterator[tuple[int | None, bytes]]:
+    """(byte offset, bytes) of a file in blocks of whole physical lines: what :func:`file_lines`
+    yields, a block at a time (offset None for a transcoded file)."""
+    chunks = read_chunks(open_decompressed(stream, name), name)
+    first = next(chunks, b"")
+    codec, skip = sniff(first, name, encoding)
+    rest = _chained(first[skip:], chunks)
+    transcoded = codecs.lookup(codec).name != "utf-8"
+    if transcoded:
+        rest = _transcoded(rest, codec, name)
+    offset, carry = skip, b""
+    for chunk in rest:
+        data = carry + chunk
+        # Cut after the last line end; a \r at the very end may be the first half of a \r\n.
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        if cut > 0:
+            yield (None if transcoded else offset), data[:cut]
+            offset += cut
+        carry = data[cut:]
+    if carry:
+        yield (None if transcoded else offset), carry
+
+
+class LineSource:
+    """The physical lines of :func:`file_blocks`, one at a time (an iterator of (offset, line), as
+    :func:`file_lines` gives them) or, for a fast reader, a view of the current block's remaining
+    lines with their ends and quote counts (numpy), of which it takes what it reads with :meth:`skip`."""
+
+    def __init__(self, blocks: Iterator[tuple[int | None, bytes]]):
+        self.blocks, self.queue = blocks, deque()
+        self.data, self.base, self.k = b"", None, 0
+        self.ends = self.quotes = self.odd = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[int | None, bytes]:
+        if not self._ready():
+            raise StopIteration
+        start = int(self.ends[self.k - 1]) if self.k else 0
+        end = int(self.ends[self.k])
+        self.k += 1
+        return (None if self.base is None else self.base + start), self.data[start:end]
+
+    def _ready(self) -> bool:
+        """True when a line is left in the current block, loading the next block when needed."""
+        import numpy as np
+
+        while self.ends is None or self.k >= len(self.ends):
+            item = self.queue.popleft() if self.queue else next(self.blocks, None)
+            if item is None:
+                return False
+            self.base, self.data = item
+            raw = np.frombuffer(self.data, np.uint8)
+            lone_cr = np.flatnonzero(raw[:-1] == 13)
+            lone_cr = lone_cr[raw[lone_cr + 1] != 10]
+            ends = np.concatenate([np.flatnonzero(raw == 10), lone_cr]) + 1
+            if raw.size and raw[-1] == 13:
+                ends = np.append(ends, raw.size)
+            ends.sort()
+            if not ends.size or ends[-1] != raw.size:
+                ends = np.append(ends, raw.size)  # the last line of the file, without a line end
+            self.ends, self.k = ends, 0
+            quote_lines = np.searchsorted(ends, np.flatnonzero(raw == 34), side="right")
+            self.quotes = np.bincount(quote_lines, minlength=len(ends))[: len(ends)]
+            self.odd = np.flatnonzero(self.quotes & 1)
+        return True
+
+    def view(self):
+        """``(data, ends, quotes, odd, k, base)`` of the current block: its bytes, each line's end and
+        number of quotes, the lines with an odd number; lines ``k`` on are unread. None at the end."""
+        return (self.data, self.ends, self.quotes, self.odd, self.k, self.base) if self._ready() else None
+
+    def skip(self, lines: int) -> None:
+        """Mark ``lines`` lines of the current block read (by the caller)."""
+        self.k += lines
+
+    def unshift(self, lines: Sequence[tuple[int | None, bytes]]) -> None:
+        """Put consecutive lines taken earlier back in front of the unread ones (as one block)."""
+        if not lines:
+            return
+        if self._ready():
+            start = int(self.ends[self.k - 1]) if self.k else 0
+            self.queue.appendleft(((None if self.base is None else self.base + start), self.data[start:]))
+        self.queue.appendleft((lines[0][0], b"".join(line for _, line in lines)))
+        self.ends = None
 
 
 def _chained(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -222,7 +324,7 @@ class _Feed:
     """The line iterator under ``csv.reader``: remembers the lines a record took, can push back."""
 
     def __init__(self, lines: Iterator[tuple[int | None, bytes]]):
-        self.lines, self.back, self.taken = lines, deque(), []
+        self.lines, self.back, self.taken, self.pulled = lines, deque(), [], 0
 
     def __iter__(self):
         return self
@@ -230,6 +332,7 @@ class _Feed:
     def __next__(self) -> str:
         item = self.back.popleft() if self.back else next(self.lines)
         self.taken.append(item)
+        self.pulled += 1
         return item[1].decode("utf-8", "surrogateescape")
 
 
@@ -243,29 +346,78 @@ def csv_records(
     its fields kept as read; a quoted field left open quarantines only the line where it
     opened, and reading resumes at the next line. Blank lines are not records.
     """
-    feed = _Feed(iter(lines))
-    reader = csv.reader(feed, delimiter=sep, quotechar='"', doublequote=True, strict=True)
-    row = 0
-    while True:
-        feed.taken = []
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            fields = None
-        taken = feed.taken
-        if fields == [] or (fields is not None and len(taken) == 1 and not taken[0][1].strip()):
-            continue  # a blank line
-        if expected is None and fields is not None:
-            expected = len(fields)
-        if fields is None or (len(taken) > 1 and len(fields) != expected):
-            # A quote that never closes (or closes a later line's quote): only its own line is bad.
-            feed.back.extendleft(reversed(taken[1:]))
-            taken, fields = taken[:1], None
-            reader = csv.reader(feed, delimiter=sep, quotechar='"', doublequote=True, strict=True)
-        row += 1
-        yield _csv_record(row, taken, fields, expected)
+    parser = CsvParser(lines, sep=sep, expected=expected)
+    while (record := parser.next_record()) is not None:
+        yield record
+
+
+class CsvParser:
+    """The RFC 4180 reader behind :func:`csv_records`, one record at a time, with its line source
+    open to a caller: :meth:`next_line` / :meth:`push_back` let a faster reader take lines that it
+    can read itself (lines without a quote, at a record boundary) and hand the rest back.
+
+    ``row`` is the number of records returned so far; a caller that reads records itself adds
+    them with :meth:`count`. ``expected`` is set by the first record read with fields.
+    """
+
+    def __init__(self, lines: Iterable[tuple[int | None, bytes]], *, sep: str = ",", expected: int | None = None):
+        self.feed, self.sep, self.expected, self.row = _Feed(iter(lines)), sep, expected, 0
+        self.reader = self._new_reader()
+
+    def _new_reader(self):
+        return csv.reader(self.feed, delimiter=self.sep, quotechar='"', doublequote=True, strict=True)
+
+    def take_pending(self) -> list[tuple[int | None, bytes]]:
+        """The lines handed back (or left by a broken quote) that wait to be read, taken out of the parser."""
+        lines = list(self.feed.back)
+        self.feed.back.clear()
+        self.feed.pulled += len(lines)
+        return lines
+
+    def push_back(self, lines: Sequence[tuple[int | None, bytes]]) -> None:
+        """Lines taken from the parser that the CSV reader must read next, in order."""
+        self.feed.back.extendleft(reversed(lines))
+        self.feed.pulled -= len(lines)
+
+    def records_over(self, lines: int) -> list[Record]:
+        """Records read until ``lines`` more lines are consumed (the last record may take more)."""
+        mark, records = self.feed.pulled, []
+        while self.feed.pulled - mark < lines and (record := self.next_record()) is not None:
+            records.append(record)
+        return records
+
+    @property
+    def pending(self) -> bool:
+        """True when lines handed back (or left by a broken quote) wait to be read."""
+        return bool(self.feed.back)
+
+    def count(self, records: int) -> int:
+        """Number ``records`` read by the caller; returns the row number of the first of them."""
+        first, self.row = self.row + 1, self.row + records
+        return first
+
+    def next_record(self) -> Record | None:
+        """The next record (blank lines skipped), or None at the end of the input."""
+        while True:
+            self.feed.taken = []
+            try:
+                fields = next(self.reader)
+            except StopIteration:
+                return None
+            except csv.Error:
+                fields = None
+            taken = self.feed.taken
+            if fields == [] or (fields is not None and len(taken) == 1 and not taken[0][1].strip()):
+                continue  # a blank line
+            if self.expected is None and fields is not None:
+                self.expected = len(fields)
+            if fields is None or (len(taken) > 1 and len(fields) != self.expected):
+                # A quote that never closes (or closes a later line's quote): only its own line is bad.
+                self.push_back(taken[1:])
+                taken, fields = taken[:1], None
+                self.reader = self._new_reader()
+            self.row += 1
+            return _csv_record(self.row, taken, fields, self.expected)
 
 
 def _csv_record(row: int, taken: list, fields: list | None, expected: int) -> Record:

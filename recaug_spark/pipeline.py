@@ -13,7 +13,7 @@ import math
 from typing import Callable
 
 from recaug_spark.config import STAGES, Config
-from recaug_spark.runs import RunContext, StageResult, check_run_config, stage_records, timed
+from recaug_spark.runs import STARTS, RunContext, StageResult, check_run_config, stage_records, start_records, timed
 
 
 def stage_function(stage: str) -> Callable[[RunContext], StageResult]:
@@ -24,8 +24,9 @@ def stage_function(stage: str) -> Callable[[RunContext], StageResult]:
 
 
 def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
-    """The stages a run executes, in order: generate only when the input is the built-in shop."""
-    last = STAGES.index(until or cfg.pipeline.until)
+    """The stages a run executes, in order: generate only when the input is the built-in shop, and
+    nothing after ingest for a catalog alone (the later stages need a clickstream)."""
+    last = STAGES.index("ingest" if cfg.ingest.catalog_only else until or cfg.pipeline.until)
     skipped = {"generate"} if cfg.ingest.format != "generated" else set()
     if not (cfg.fit.enabled and cfg.fit.generators):
         skipped.add("fit")
@@ -38,9 +39,11 @@ def planned_stages(cfg: Config, until: str | None = None) -> list[str]:
 
 def run_stages(ctx: RunContext, stages: list[str], echo: Callable[[str], None] = print) -> list[StageResult]:
     """Run ``stages`` in order. Refuses a run id that already ran under another config
-    (:func:`check_run_config`); stops, writing nothing more, when a concurrent run with the same run
-    id committed a stage first (the other run finishes the job: this is not a failure)."""
-    check_run_config(stage_records(ctx.warehouse.uri("runs")), ctx.run_id, ctx.cfg.hash)
+    (:func:`check_run_config`: its finished stages, or the starts of crashed ones); stops, writing
+    nothing more, when a concurrent run with the same run id committed a stage first (the other run
+    finishes the job: this is not a failure)."""
+    records = stage_records(ctx.warehouse.uri("runs")) + start_records(ctx.warehouse.uri(STARTS))
+    check_run_config(records, ctx.run_id, ctx.cfg.hash)
     results = []
     for stage in stages:
         echo(f"[{stage}] running (run {ctx.run_id})")
@@ -67,6 +70,10 @@ def summary(ctx: RunContext, results: list[StageResult]) -> str:
         if by_reason:
             lines.append(f"{result.stage}: rows in {result.rows_in:,}, out {result.rows_out:,}, by reason:")
             lines += [f"  {key:<34} {value:>10,}" for key, value in sorted(by_reason.items())]
+        if result.stage == "ingest":
+            from recaug_spark.stages.ingest import reconciliation_lines
+
+            lines += reconciliation_lines(result.counts)
         if "augmentation_factor_x1000" in result.counts:
             lines.append(f"  augmentation factor (all rows / real rows) {result.counts['augmentation_factor_x1000'] / 1000:.2f}")
         if result.counts.get("users_capped"):

@@ -64,6 +64,9 @@ UNPARSABLE = "_unparsable"
 REASON = "_reason"  # a reason found while reading (encoding, unparsable_line, duplicate_key, wrong_type) or null
 ROW = "_row"  # logical record number in its file (header = 1), null where the source has none
 OFFSET = "_offset"  # byte offset of the record in its (decompressed) file, null where not known
+# Line formats only (amazon-5core): true on the one event row that starts its line (position 0, or
+# the whole row of a line that could not be read), so ingest counts lines as well as events.
+LINE_START = "_line_start"
 MARKER_COLUMNS = (SOURCE, RAW, UNPARSABLE, REASON, ROW, OFFSET)
 ADAPTER_EVENT_COLUMNS = RAW_EVENT_FIELDS + MARKER_COLUMNS
 ADAPTER_ITEM_COLUMNS = RAW_ITEM_FIELDS + MARKER_COLUMNS
@@ -138,11 +141,16 @@ class RawSources:
     ``items_derived`` is true when the items were derived from the event rows (no independent
     catalog): then every event's item is in the items by construction, and the ``unknown_item``
     check is meaningless.
+    ``events`` is None for a catalog-only ingest (``ingest.items`` without ``ingest.events``).
     """
 
-    events: DataFrame
+    events: DataFrame | None
     items: DataFrame
     items_derived: bool
+    # Derived items whose price is the events' own price column (online-retail's UnitPrice, or a
+    # generic source whose ingest.items_columns.price is the events' price column): a bad price is
+    # then quarantined with its event record, and ingest leaves the derived item row out.
+    item_price_from_events: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +175,10 @@ def read_sources(
             raise SourceError("ingest.format 'generated' reads the warehouse tables: pass a warehouse")
         return generated_sources(warehouse, *generated)
     if not cfg.events:
-        raise SourceError(f"ingest.events is required when ingest.format is '{fmt}'")
+        if cfg.items and fmt in GENERIC_FORMATS:
+            return catalog_sources(spark, cfg, warehouse)
+        raise SourceError(f"ingest.events is required when ingest.format is '{fmt}' (a catalog alone: "
+                          f"ingest.items with format {'/'.join(GENERIC_FORMATS)})")
     if cfg.items and fmt not in GENERIC_FORMATS:
         raise SourceError(f"ingest.items is not used by ingest.format '{fmt}' (its items come from the events "
                           f"file); unset it, or use format csv/parquet/json/delta with a column mapping")
@@ -217,17 +228,29 @@ def tabular_sources(spark: SparkSession, cfg: IngestConfig, warehouse=None) -> R
         timestamp_formats=timestamp_formats(cfg), what="ingest.events_columns",
     )
     if cfg.items:
-        items_frame, items_source = read_tabular(spark, cfg, cfg.items, warehouse)
-        items = map_columns(items_frame, cfg.items_columns, RAW_ITEM_FIELDS, source=items_source,
-                            what="ingest.items_columns")
-        return RawSources(events, items, items_derived=False)
+        return RawSources(events, catalog_sources(spark, cfg, warehouse).items, items_derived=False)
     # No catalog: the items are what the event rows say about them. The item id comes through the
     # events mapping; other item fields only where ingest.items_columns names an events column.
     item_mapping = {"item_id": cfg.events_columns.get("item_id", "item_id"), **cfg.items_columns}
     item_rows = map_columns(events_frame, item_mapping, RAW_ITEM_FIELDS, source=events_source,
                             what="ingest.items_columns (items derived from the events source)",
                             identity=False)
-    return RawSources(events, derive_items(item_rows), items_derived=True)
+    return RawSources(events, derive_items(item_rows), items_derived=True,
+                      item_price_from_events=item_price_from_events(cfg))
+
+
+def catalog_sources(spark: SparkSession, cfg: IngestConfig, warehouse=None) -> RawSources:
+    """The catalog ``ingest.items`` alone (``events`` None): a catalog-only ingest, or the items
+    half of :func:`tabular_sources`."""
+    frame, source = read_tabular(spark, cfg, cfg.items, warehouse)
+    items = map_columns(frame, cfg.items_columns, RAW_ITEM_FIELDS, source=source, what="ingest.items_columns")
+    return RawSources(None, items, items_derived=False)
+
+
+def item_price_from_events(cfg: IngestConfig) -> bool:
+    """True when items derived from a generic source take their price from the events' price column."""
+    item_price = cfg.items_columns.get("price")
+    return item_price is not None and item_price == cfg.events_columns.get("price", "price")
 
 
 def read_tabular(spark: SparkSession, cfg: IngestConfig, path: str, warehouse=None) -> tuple[DataFrame, Column]:
@@ -516,7 +539,7 @@ def online_retail_rows(df: DataFrame) -> RawSources:
                     RAW_ITEM_FIELDS),
         *_markers(df),
     )
-    return RawSources(events, derive_items(item_rows), items_derived=True)
+    return RawSources(events, derive_items(item_rows), items_derived=True, item_price_from_events=True)
 
 
 def amazon_5core_rows(lines: DataFrame, *, event_type: str = "purchase") -> RawSources:
@@ -528,7 +551,9 @@ def amazon_5core_rows(lines: DataFrame, *, event_type: str = "purchase") -> RawS
     (position in the line, from 0) seconds: the files carry no time, so only the order is real
     (the source is order-only). ``event_type`` is the configured ``ingest.default_event_type``.
     A line that cannot be read becomes ONE row with ``_unparsable`` set, so an input record is
-    one (user, item) event of a read line or one whole bad line. Items: the distinct item ids.
+    one (user, item) event of a read line or one whole bad line; ``_line_start`` (after the
+    markers) is true on the first row of each line, so lines are countable too. Items: the
+    distinct item ids.
     """
     parsed = F.col("_fields").isNotNull() & F.col(REASON).isNull()
     item_tokens = F.when(parsed, F.slice("_fields", 2, F.size("_fields") - 1)).otherwise(
@@ -553,7 +578,7 @@ def amazon_5core_rows(lines: DataFrame, *, event_type: str = "purchase") -> RawS
     reason = F.when(~F.col("_parsed"), F.coalesce(F.col(REASON), F.lit("unparsable_line")))
     events = exploded.select(
         *_canonical(fields, RAW_EVENT_FIELDS), F.col(SOURCE), raw.alias(RAW), (~F.col("_parsed")).alias(UNPARSABLE),
-        reason.alias(REASON), F.col(ROW), F.col(OFFSET),
+        reason.alias(REASON), F.col(ROW), F.col(OFFSET), (F.col("_pos") == 0).alias(LINE_START),
     )
     item_rows = events.select(*_canonical({"item_id": F.col("item_id")}, RAW_ITEM_FIELDS), *MARKER_COLUMNS)
     return RawSources(events, derive_items(item_rows), items_derived=True)

@@ -24,6 +24,32 @@ def run_in_own_group(command: list[str], *, timeout_s: float, **kwargs) -> subpr
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
+def run_to_exit(command: list[str], *, timeout_s: float, log: Path, **kwargs) -> tuple[int, str, float]:
+    """Run ``command`` in a new process group, its output to ``log``; once it exits, SIGKILL whatever
+    of its group is left (a killed driver's JVM), and on timeout the whole group, failing the test.
+    Returns (exit code, output, seconds)."""
+    import time
+
+    started = time.monotonic()
+    with log.open("w") as out, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True, **kwargs) as proc:
+        exited = None  # waited on without reaping: the leader's PID (the group id) cannot be reused meanwhile
+        while exited is None and time.monotonic() - started < timeout_s:
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            if exited is None:
+                time.sleep(0.5)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group's leftovers (a killed driver's JVM), or all on timeout
+        except ProcessLookupError:
+            pass
+        code = proc.wait()
+    seconds = time.monotonic() - started
+    text = log.read_text(errors="replace")
+    if exited is None:
+        pytest.fail(f"{command[:3]}... did not finish within {timeout_s:.0f}s\n{text[-4000:]}")
+    return code, text, seconds
+
+
 @contextmanager
 def two_worker_cluster(work: Path):
     """A standalone cluster of 2 one-core workers on free ports, its files under ``work``; yields

@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 CLUSTER_FILES = frozenset({"test_cluster.py", "test_standalone_e2e.py", "test_determinism_cluster.py",
-                           "test_faults.py"})
+                           "test_faults.py", "test_fault_driver.py"})
 # This file's fixtures that start (or stand on) the session SparkSession.
 SPARK_FIXTURES = ("spark", "default_run", "trained_run", "toy_generators")
 # The pipeline (generate → augment on 5,000 events) and its train stage: minutes, once per session.
@@ -43,6 +43,7 @@ SLOW_TESTS = {
         "three augment jobs on a two-worker cluster",
     "test_notebooks.py::test_notebook_executes_on_the_default_run": "a Jupyter kernel per notebook",
     "test_exit.py::test_read_arrow_exits_zero_every_time": "20 fresh interpreters",
+    "test_faults.py::test_executor_killed_mid_ingest_gives_the_same_tables": "pipeline runs on a 2-worker cluster",
     "test_faults.py::test_executor_killed_mid_clean_gives_the_same_tables": "pipeline runs on a 2-worker cluster",
     "test_faults.py::test_executor_killed_mid_augment_gives_the_same_rows": "pipeline runs on a 2-worker cluster",
     "test_exit.py::test_documented_notebook_read_exits_zero_every_time": "20 fresh interpreters with Polars",

@@ -4,6 +4,7 @@ report, the data-quality figures with known answers, and the train stage end to 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +284,7 @@ def test_parallel_runs_give_the_same_results_as_one_after_another(default_run, t
     ctx, _ = default_run
     cfg = ctx.cfg.with_overrides(**{
         "train.epochs": 1, "train.seeds": [1, 2], "train.hidden": 8, "train.max_len": 10, "train.batch_size": 128,
-        "train.num_threads": 1, "train.variants": [{"name": "crop", "chains": ["crop"]}],
+        "train.num_threads": 1, "train.variants": [{"name": "crop", "chains": ["crop"]}], "train.parallel_runs": 1,
     }).train
     wh = ctx.warehouse
     plan = plan_experiment(cfg, wh.uri("augmented_sequences"), wh.uri("sequence_targets"), wh.uri("items"))
@@ -313,6 +314,9 @@ def test_parallel_runs_give_the_same_results_as_one_after_another(default_run, t
     assert trained == {"[train] baseline seed 2", "[train] crop seed 1"}
     with pytest.raises(ConfigError, match="num_processes 1"):
         load_config(overrides=["train.parallel_runs=2", "train.num_processes=2"])
+    # unset, it means two at once on two cores or more, and one per TorchDistributor run
+    assert load_config(overrides=["train.num_processes=2"]).train.runs_at_once() == 1
+    assert load_config().train.runs_at_once() == min(2, os.cpu_count() or 1)
 
 
 def test_report_warns_in_red_when_a_baseline_run_hit_the_epoch_cap():

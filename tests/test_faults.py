@@ -1,11 +1,15 @@
 """Fault injection on a real two-worker standalone cluster (small data): an executor SIGKILLed in the
-middle of clean and of augment, and the tables must come out identical to an undisturbed run's.
+middle of ingest, clean and augment, and the tables must come out identical to an undisturbed run's.
 
 One undisturbed run (generate → ingest → clean → augment, run id ``faults``) snapshots the warehouse
-after ingest and after clean, and is then moved aside; each fault test puts the snapshot its stage
+after generate, after ingest and after clean, and is then moved aside; each fault test puts the snapshot its stage
 starts from back at the same path (the warehouse is part of the config hash, which a retry of a run
 id must keep) and re-runs that stage, with ``tests/apps/fault_app.py`` killing an executor:
 
+* **mid-ingest**: the task of partition 0 of the job that writes ``events_raw`` (the one that also
+  observes the count of every quarantine reason) kills its own executor JVM after its first batch;
+  the counts must still reconcile and ``events_raw``, ``items_raw``, ``quarantine`` equal the
+  undisturbed run's;
 * **mid-clean**: right after the annotated events are materialized, before they are counted and
   written. With the old ``localCheckpoint`` the blocks died with the executor and the stage failed
   with ``CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND``; the reliable checkpoint files outlive it;
@@ -34,6 +38,7 @@ from recaug_spark.delta.arrow_reader import read_arrow
 APP = Path(__file__).resolve().parent / "apps" / "fault_app.py"
 RUN_ID = "faults"
 CLEAN_TABLES = ("events", "items", "sequences", "sequence_targets")
+INGEST_TABLES = ("events_raw", "items_raw", "quarantine")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,7 @@ def undisturbed(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     run_app(cluster.master_url, root / "wh", "generate,ingest,clean,augment",
             "--save-config", str(root / "config.json"),
+            "--copy-after", "generate", str(root / "after-generate"),
             "--copy-after", "ingest", str(root / "after-ingest"), "--copy-after", "clean", str(root / "after-clean"))
     (root / "wh").rename(root / "baseline")
     return root, root / "baseline"
@@ -77,6 +83,20 @@ def restored(root: Path, snapshot: str) -> Path:
     shutil.rmtree(warehouse, ignore_errors=True)
     shutil.copytree(root / snapshot, warehouse)
     return warehouse
+
+
+def test_executor_killed_mid_ingest_gives_the_same_tables(cluster, undisturbed):
+    root, baseline = undisturbed
+    warehouse = restored(root, "after-generate")
+    marker = root / "killed-in-ingest"
+
+    job = run_app(cluster.master_url, warehouse, "ingest", "--load-config", str(root / "config.json"),
+                  "--kill-in-ingest", str(marker))
+
+    assert marker.exists(), f"no executor was killed\n{job.stdout[-3000:]}"
+    expected = {t: digest(baseline, t) for t in INGEST_TABLES}
+    assert {t: digest(warehouse, t) for t in INGEST_TABLES} == expected
+    print(f"mid-ingest kill: digests {expected} equal to the undisturbed run's")
 
 
 def test_executor_killed_mid_clean_gives_the_same_tables(cluster, undisturbed):

@@ -22,6 +22,8 @@ def test_planned_stages_follow_the_input_and_until():
     assert "fit" not in planned_stages(load_config(overrides=["fit.enabled=false"]))
     external = load_config(overrides=["ingest.format=csv", "ingest.events=x.csv"])
     assert planned_stages(external, until="clean") == ["ingest", "clean"]
+    catalog = load_config(overrides=["ingest.format=csv", "ingest.items=catalog.csv"])
+    assert planned_stages(catalog) == ["ingest"]  # a catalog alone: clean and later need a clickstream
 
 
 def test_main_job_leaves_every_table_readable_with_deltalake(default_run):

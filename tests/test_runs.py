@@ -97,3 +97,104 @@ def test_a_stage_killed_between_commits_leaves_readers_on_the_old_run(spark, tmp
     assert rows == {"events": [1, 2], "sequences": [1, 2]}
     stage(new, [7, 8, 9])  # the retry finishes the stage: events is skipped (already committed), sequences written
     assert {name: reader.read_version(name) for name in ("events", "sequences")} == {"events": 1, "sequences": 1}
+
+
+def start(run_id: str, stage: str, minute: int, config_hash: str = "h1", driver: str = "host:1") -> dict:
+    return {"run_id": run_id, "stage": stage, "started_at": T0 + dt.timedelta(minutes=minute),
+            "config_hash": config_hash, "input_versions": {}, "driver": driver}
+
+
+def test_the_listing_tells_a_crashed_stage_from_a_finished_one():
+    from recaug_spark.runs import FINISHED, UNFINISHED, listing_line, stage_listing
+
+    # run A: ingest finished; clean started twice (the first attempt crashed), the second finished.
+    # run B: ingest started on another driver and never finished. "old" finished before stage_starts existed.
+    starts = [start("A", "ingest", 0), start("A", "clean", 1, driver="host:7"), start("A", "clean", 3, driver="host:8"),
+              start("B", "ingest", 5, driver="host:9")]
+    finished = [record("old", "ingest", -10, {"events_raw": 0}), record("A", "ingest", 0, {"events_raw": 1}),
+                record("A", "clean", 3, CLEAN_A)]
+    entries = stage_listing(finished, starts)
+    assert [(e["run_id"], e["stage"], e["status"], e["attempts"]) for e in entries] == [
+        ("old", "ingest", FINISHED, 0), ("A", "ingest", FINISHED, 1), ("A", "clean", FINISHED, 2),
+        ("B", "ingest", UNFINISHED, 1)]
+    assert entries[2]["started_at"] == T0 + dt.timedelta(minutes=1)  # the first attempt's start
+    line = listing_line(entries[3])
+    assert "started, never finished" in line and "host:9" in line and "attempts 1" in line
+    assert "host:8" not in listing_line(entries[2]) and "30.0s" in listing_line(entries[2])
+
+
+def test_a_crashed_stage_start_binds_its_run_id_to_its_config():
+    # r1's ingest crashed after committing events_raw: no runs record, only its start. A retry under
+    # another config would skip that committed table and mix two configs: refused like a finished stage.
+    starts = [start("r1", "ingest", 0, config_hash="aaaa1111")]
+    check_run_config(starts, "r1", "aaaa1111")
+    with pytest.raises(ConfigError, match="aaaa1111.*bbbb2222"):
+        check_run_config(starts, "r1", "bbbb2222")
+
+
+def run_toy_stage(spark, ctx, stage: str, fail: bool = False):
+    """Through ``timed``: ingest writes events_raw; clean writes events, then sequences (raising after
+    its first commit when ``fail``: a driver lost between two commits)."""
+    from recaug_spark.runs import StageResult, timed
+
+    def run_ingest(ctx):
+        df = spark.createDataFrame([(1,), (2,), (3,)], "x long")
+        written = ctx.warehouse.write("events_raw", df, mode="overwrite", txn=ctx.txn("ingest"))
+        return StageResult("ingest", rows_in=3, rows_out=3, tables={"events_raw": written.version})
+
+    def run_clean(ctx):
+        tables = {}
+        for name, values in (("events", [3, 1, 2]), ("sequences", [5, 4])):
+            df = spark.createDataFrame([(v,) for v in values], "x long")
+            tables[name] = ctx.warehouse.write(name, df, mode="overwrite", txn=ctx.txn("clean")).version
+            if fail:
+                raise RuntimeError("driver lost between two commits")
+        return StageResult("clean", rows_in=3, rows_out=3, tables=tables)
+
+    return timed(run_ingest if stage == "ingest" else run_clean, ctx)
+
+
+def test_a_stage_that_raises_leaves_a_start_and_no_finish_and_its_retry_finishes(spark, tmp_path):
+    from click.testing import CliRunner
+
+    from recaug_spark.cli import main
+    from recaug_spark.runs import FINISHED, STARTS, UNFINISHED, stage_listing, stage_records, start_records
+
+    def context(wh: str, run_id: str = "r1") -> RunContext:
+        return RunContext.create(spark, load_config(overrides=[f"run.warehouse={wh}"]), run_id=run_id)
+
+    def rows(wh: str) -> dict:
+        reader = context(wh, "reader")
+        return {t: sorted(r.x for r in reader.warehouse.read(t, version=reader.read_version(t)).collect())
+                for t in ("events_raw", "events", "sequences")}
+
+    wh = str(tmp_path / "wh")
+    ctx = context(wh)
+    run_toy_stage(spark, ctx, "ingest")
+    with pytest.raises(RuntimeError, match="lost"):
+        run_toy_stage(spark, ctx, "clean", fail=True)
+    # Then: a start and no finish for clean; the start names the run, config and the versions it reads
+    assert [r["stage"] for r in stage_records(f"{wh}/runs")] == ["ingest"]
+    starts = start_records(f"{wh}/{STARTS}")
+    assert [(s["run_id"], s["stage"], s["config_hash"], s["input_versions"]) for s in starts] == [
+        ("r1", "ingest", ctx.cfg.hash, {}), ("r1", "clean", ctx.cfg.hash, {"events_raw": 0})]
+    assert {e["stage"]: e["status"] for e in stage_listing(stage_records(f"{wh}/runs"), starts)} == {
+        "ingest": FINISHED, "clean": UNFINISHED}
+    listed = CliRunner().invoke(main, ["runs", "--warehouse", wh])
+    assert listed.exit_code == 0 and "clean     started, never finished" in listed.output, listed.output
+
+    # When the retry finishes: one clean record, two attempts, listed finished; a third run is a no-op
+    run_toy_stage(spark, ctx, "clean")
+    run_toy_stage(spark, ctx, "clean")
+    assert sorted(r["stage"] for r in stage_records(f"{wh}/runs")) == ["clean", "ingest"]
+    entries = {e["stage"]: e for e in stage_listing(stage_records(f"{wh}/runs"), start_records(f"{wh}/{STARTS}"))}
+    assert (entries["clean"]["status"], entries["clean"]["attempts"]) == (FINISHED, 2)
+    listed = CliRunner().invoke(main, ["runs", "--warehouse", wh, "--run-id", "r1"])
+    assert listed.exit_code == 0 and "never finished" not in listed.output and listed.output.count("r1") == 2
+
+    # And the tables readers see equal an undisturbed run's
+    other = str(tmp_path / "undisturbed")
+    undisturbed = context(other)
+    run_toy_stage(spark, undisturbed, "ingest")
+    run_toy_stage(spark, undisturbed, "clean")
+    assert rows(wh) == rows(other) == {"events_raw": [1, 2, 3], "events": [1, 2, 3], "sequences": [4, 5]}

@@ -65,7 +65,7 @@ import hmac
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,6 +80,7 @@ from recaug_spark.schemas import EVENT_TYPES, EVENTS_RAW, ITEMS_RAW
 from recaug_spark.sources import (
     ANONYMOUS_SESSION_PREFIX,
     EPOCH_FORMATS,
+    LINE_START,
     OFFSET,
     ORDER_ONLY_FORMATS,
     ORDER_ONLY_KEY,
@@ -113,6 +114,9 @@ _INT64_MAX_DIGITS = str(2**63 - 1)
 _READING_REASONS = ("encoding", "unparsable_line", "duplicate_key")
 
 OUTPUT_TABLES = ("events_raw", "items_raw", "quarantine")
+CATALOG_TABLES = ("items_raw", "quarantine")  # a catalog-only ingest leaves events_raw as it is
+UNITS = ("lines", "events", "items")  # what is counted; lines only for a line format (amazon-5core)
+_LINE_REASONS = ("encoding", "unparsable_line")  # a 5-core line quarantined whole (one row, not an event)
 MIN_KEY_BYTES = 16
 PSEUDONYM_HEX_CHARS = 32
 _SUBKEY_LABEL = b"recaug-spark/pseudonym/"
@@ -135,7 +139,7 @@ class ReconciliationError(RuntimeError):
 def resolve_pseudonym_key(cfg: IngestConfig) -> bytes | None:
     """The secret key for pseudonymizing ids, or None when none is needed.
 
-    None for ``format: generated`` (synthetic ids) and when
+    None for ``format: generated`` (synthetic ids), for a catalog-only ingest (no user ids) and when
     ``ingest.pseudonymize.ids_already_anonymous`` is true. Otherwise the key is read from
     ``ingest.pseudonymize.key_file`` when set (trailing newline stripped), else from the environment
     variable ``ingest.pseudonymize.key_env``; it must hold at least 16 bytes. Raises
@@ -148,8 +152,8 @@ def resolve_pseudonym_key(cfg: IngestConfig) -> bytes | None:
         key = resolve_pseudonym_key(cfg.ingest)
     """
     settings = cfg.pseudonymize
-    if cfg.format == "generated" or settings.ids_already_anonymous:
-        return None
+    if cfg.format == "generated" or settings.ids_already_anonymous or is_catalog_only(cfg):
+        return None  # synthetic ids, declared anonymous, or a catalog (no user or session ids)
     if settings.key_file:
         path = Path(settings.key_file).expanduser()
         try:
@@ -384,6 +388,7 @@ def check_events(
     """
     ts_format = effective_timestamp_formats(cfg)
     quantity_text, price_text = _text("quantity"), _text("price")
+    line_start = [F.col(LINE_START)] if LINE_START in raw.columns else []  # line formats: kept for the count
     normalized = raw.select(
         _valid_text(_text("user_id")).alias("user_id"),
         _text("item_id").alias("item_id"),
@@ -397,7 +402,7 @@ def check_events(
         _text("order_id").alias("order_id"),
         _text("country").alias("country"),
         _text("device").alias("device"),
-        *_marker_columns(raw),
+        *_marker_columns(raw), *line_start,
     )
     known = F.lit(True)
     if known_items is not None:
@@ -439,7 +444,7 @@ def check_events(
         F.when(quantity_ok, quantity).cast("int").alias("quantity"),
         F.when(~price_wrong, price).alias("price"),
         "session_id", "order_id", "country", "device", "source",
-        F.to_date(ts).alias("dt"), "_raw", "_row", "_offset", reason.alias("reason"),
+        F.to_date(ts).alias("dt"), "_raw", "_row", "_offset", *line_start, reason.alias("reason"),
     )
     return _keep_raw_of_rejected(checked)
 
@@ -501,6 +506,27 @@ def check_items(raw: DataFrame, cfg: IngestConfig) -> DataFrame:
     return _keep_raw_of_rejected(checked)
 
 
+def without_event_failures(items: DataFrame, cfg: IngestConfig, *, price: bool) -> DataFrame:
+    """Items derived from the events, without the rows whose value the event check rejects: an item
+    id that is not an integer where the format's ids are (``bad_id``, ``overflow``), and, when
+    ``price`` (the items take the events' price column), a price that is ``wrong_type`` or
+    ``nonpositive_price``.
+
+    Every event record holding such a value is quarantined already (for it or an earlier reason);
+    checking the derived item row too would quarantine the same source record twice, and accepting
+    it would put an id that is no id into ``items_raw``. Other item failures (attributes that are
+    not JSON) are the item's own and stay.
+    """
+    keep = F.lit(True)
+    if "item_id" in INTEGER_ID_FIELDS.get(cfg.format, ()):
+        keep = integer_id_check(_text("item_id")).isNull()
+    if price:
+        price_text = _text("price")
+        wrong, nonpositive = _price_checks(price_text, price_text.try_cast("double"), cfg.allow_zero_price)
+        keep = keep & ~(wrong | nonpositive)
+    return items.where(keep)
+
+
 def accepted_rows(checked: DataFrame, schema: T.StructType) -> DataFrame:
     """The accepted rows of a checked frame, cast to ``schema`` (``EVENTS_RAW`` or ``ITEMS_RAW``)."""
     return checked.where(F.col("reason").isNull()).select(
@@ -521,14 +547,6 @@ def quarantine_rows(checked: DataFrame, *, run_id: str, table: str) -> DataFrame
 def _reason_count_columns(reasons: Sequence[str]) -> list[Column]:
     """Aggregates for ``DataFrame.observe``: all rows, and the rows of each reason."""
     return [F.count(F.lit(1)).alias("rows"), *[F.count_if(F.col("reason") == r).alias(r) for r in reasons]]
-
-
-def _observed_reason_counts(observation: Observation, reasons: Sequence[str]) -> dict[str | None, int]:
-    """Rows per reason (None = accepted) from an observation taken during a write."""
-    metrics = observation.get
-    by_reason = {r: int(metrics[r]) for r in reasons if metrics[r]}
-    by_reason[None] = int(metrics["rows"]) - sum(by_reason.values())
-    return by_reason
 
 
 def reason_counts(checked: DataFrame) -> dict[str | None, int]:
@@ -570,16 +588,19 @@ def run_ingest(ctx: RunContext) -> StageResult:
     """Read, check, pseudonymize and write ``events_raw``, ``items_raw`` and ``quarantine``.
 
     Counts: ``events_in``, ``events_accepted``, ``events_quarantined``, the same for items,
-    ``quarantine.<reason>`` (events and items together) and ``events.quarantine.<reason>`` /
-    ``items.quarantine.<reason>``. ``rows_in`` = events_in + items_in, ``rows_out`` = accepted
-    events + items, ``rows_quarantined`` = all quarantined rows. Each write carries the run's
-    ingest transaction, so re-running the same run id writes nothing twice; when all three tables
+    ``quarantine.<reason>`` (all units together) and ``events.quarantine.<reason>`` /
+    ``items.quarantine.<reason>``; a line format (amazon-5core) also counts ``lines_*`` and
+    ``lines.quarantine.<reason>`` (a line that could not be read is one quarantine row, counted as
+    a line, not as an event). ``rows_in`` = rows_out + rows_quarantined, in records (one quarantine
+    row per record). A catalog-only ingest (``ingest.items`` without ``ingest.events``) writes
+    only ``items_raw`` and ``quarantine`` and counts only items. Each write carries the run's
+    ingest transaction, so re-running the same run id writes nothing twice; when all its tables
     already hold it, the stage returns at once (``skipped``, zero rows, the current versions).
     """
     cfg = ctx.cfg.ingest
     key = resolve_pseudonym_key(cfg)  # before any Spark work: a missing key fails fast
     txn = ctx.txn(STAGE)
-    done = _already_committed(ctx, txn)
+    done = _already_committed(ctx, txn, output_tables(cfg))
     if done is not None:
         return StageResult(stage=STAGE, rows_in=0, rows_out=0, tables=done, skipped=True)
     check_session(ctx.spark, cfg)
@@ -589,111 +610,164 @@ def run_ingest(ctx: RunContext) -> StageResult:
     with source_errors():
         sources: RawSources = read_sources(ctx.spark, cfg, ctx.warehouse,
                                            generated=generated_tables(ctx.cfg.generate))
+    events = None
+    if sources.events is not None:
+        known = known_item_ids(sources.items) if cfg.require_known_items and not sources.items_derived else None
+        events = check_events(sources.events, cfg, now=now, known_items=known)
+        if key is not None:
+            events = pseudonymize_checked(events, key, redact_unparsable=cfg.pseudonymize.redact_unparsable)
+    item_rows = sources.items
+    if sources.items_derived:  # one quarantine row per source record: the event's
+        item_rows = without_event_failures(item_rows, cfg, price=sources.item_price_from_events)
+    items = check_items(item_rows, cfg)
 
-    known = None
-    if cfg.require_known_items and not sources.items_derived:
-        known = known_item_ids(sources.items)
-    events = check_events(sources.events, cfg, now=now, known_items=known)
-    if key is not None:
-        events = pseudonymize_checked(events, key, redact_unparsable=cfg.pseudonymize.redact_unparsable)
-    items = check_items(sources.items, cfg)
-
-    written_events, written_items, written_quarantine, event_counts, item_counts = _write_bronze(
-        ctx, cfg, events, items, txn)
-    events_accepted, items_accepted = event_counts.get(None, 0), item_counts.get(None, 0)
-    events_quarantined = sum(n for r, n in event_counts.items() if r is not None)
-    items_quarantined = sum(n for r, n in item_counts.items() if r is not None)
-    counts = _stage_counts(event_counts, item_counts)
-    reconcile(counts, {
-        "events_raw": written_events, "items_raw": written_items, "quarantine": written_quarantine,
-    })
-    writes = (written_events, written_items, written_quarantine)
+    written, tally, item_counts = _write_bronze(ctx, cfg, events, items, txn)
+    counts = _stage_counts(tally, item_counts)
+    reconcile(counts, written)
+    rows_out = counts.get("events_accepted", 0) + counts["items_accepted"]
+    rows_quarantined = sum(counts[f"{unit}_quarantined"] for unit in UNITS if f"{unit}_in" in counts)
     return StageResult(
-        stage=STAGE,
-        rows_in=counts["events_in"] + counts["items_in"],
-        rows_out=events_accepted + items_accepted,
-        rows_quarantined=events_quarantined + items_quarantined,
-        counts=counts,
-        tables={"events_raw": written_events.version, "items_raw": written_items.version,
-                "quarantine": written_quarantine.version},
-        skipped=all(w.skipped for w in writes),
+        stage=STAGE, rows_in=rows_out + rows_quarantined, rows_out=rows_out, rows_quarantined=rows_quarantined,
+        counts=counts, tables={table: result.version for table, result in written.items()},
+        skipped=all(result.skipped for result in written.values()),
     )
 
 
-def _write_bronze(ctx: RunContext, cfg, events: DataFrame, items: DataFrame, txn) -> tuple:
-    """Write ``events_raw``, ``items_raw`` and ``quarantine`` under the run's ingest transaction;
-    ``(three write results, event rows per reason, item rows per reason)``."""
-    # Events: no cache of the whole source. The accepted write observes the count of every reason
-    # on its way (one pass); the quarantine write is a second, cheap pass over the same source.
-    observation = Observation("ingest_events")
-    observed = events.observe(observation, *_reason_count_columns(EVENT_REASONS))
+def is_catalog_only(cfg: IngestConfig) -> bool:
+    """True for an ingest of a catalog alone: ``ingest.items`` set, ``ingest.events`` not."""
+    return cfg.catalog_only
+
+
+def output_tables(cfg: IngestConfig) -> tuple[str, ...]:
+    """The tables an ingest of ``cfg`` writes: a catalog-only ingest leaves ``events_raw`` as it is."""
+    return CATALOG_TABLES if is_catalog_only(cfg) else OUTPUT_TABLES
+
+
+class EventTally(NamedTuple):
+    """Event rows per reason (None = accepted); for a line format, the lines seen and accepted."""
+
+    by_reason: dict
+    lines_in: int | None = None
+    lines_accepted: int | None = None
+
+
+def _write_bronze(ctx: RunContext, cfg, events: DataFrame | None, items: DataFrame, txn) -> tuple:
+    """Write ``events_raw`` (unless catalog-only), ``items_raw`` and ``quarantine`` under the run's
+    ingest transaction; ``(write results by table, EventTally or None, item rows per reason)``."""
     items = items.persist(StorageLevel.MEMORY_AND_DISK)  # the catalog: small, read twice
     try:
         with source_errors():
             item_counts = reason_counts(items)  # reads an independent catalog before anything is committed
-            written_events = ctx.warehouse.write(
-                "events_raw", accepted_rows(observed, EVENTS_RAW), mode="overwrite", txn=txn,
-                metadata={ORDER_ONLY_KEY: str(cfg.format in ORDER_ONLY_FORMATS).lower()},
-            )
-            # A write skipped as already committed (a retry) ran no job: its observation never fires.
-            event_counts = (reason_counts(events) if written_events.skipped
-                            else _observed_reason_counts(observation, EVENT_REASONS))
-            items_accepted = item_counts.get(None, 0)
-            events_quarantined = sum(n for r, n in event_counts.items() if r is not None)
-            items_quarantined = sum(n for r, n in item_counts.items() if r is not None)
-            accepted_items = accepted_rows(items, ITEMS_RAW).coalesce(_files_for(items_accepted))
-            written_items = ctx.warehouse.write("items_raw", accepted_items, mode="overwrite", txn=txn)
-            rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(
-                quarantine_rows(items, run_id=ctx.run_id, table="items")
-            ).coalesce(_files_for(events_quarantined + items_quarantined))
-            written_quarantine = ctx.warehouse.write("quarantine", rejected, mode="append", txn=txn)
+            written, tally = {}, None
+            if events is not None:
+                written["events_raw"], tally = _write_events(ctx, cfg, events, txn)
+            accepted_items = accepted_rows(items, ITEMS_RAW).coalesce(_files_for(item_counts.get(None, 0)))
+            written["items_raw"] = ctx.warehouse.write("items_raw", accepted_items, mode="overwrite", txn=txn)
+            rejected = quarantine_rows(items, run_id=ctx.run_id, table="items")
+            quarantined = sum(n for r, n in item_counts.items() if r is not None)
+            if events is not None:
+                rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(rejected)
+                quarantined += sum(n for r, n in tally.by_reason.items() if r is not None)
+            written["quarantine"] = ctx.warehouse.write("quarantine", rejected.coalesce(_files_for(quarantined)),
+                                                        mode="append", txn=txn)
     finally:
         items.unpersist()
+    return written, tally, item_counts
 
-    return written_events, written_items, written_quarantine, event_counts, item_counts
+
+def _write_events(ctx: RunContext, cfg, events: DataFrame, txn) -> tuple:
+    """Write ``events_raw``; ``(write result, EventTally)``. No cache of the whole source: the write
+    observes the rows of every reason (and the line starts) on its way, one pass."""
+    lines = LINE_START in events.columns
+    observation = Observation("ingest_events")
+    observed = events.observe(observation, *_tally_columns(lines))
+    written = ctx.warehouse.write(
+        "events_raw", accepted_rows(observed, EVENTS_RAW), mode="overwrite", txn=txn,
+        metadata={ORDER_ONLY_KEY: str(cfg.format in ORDER_ONLY_FORMATS).lower()},
+    )
+    # A write skipped as already committed (a retry) ran no job: its observation never fires.
+    metrics = events.agg(*_tally_columns(lines)).first().asDict() if written.skipped else observation.get
+    by_reason = {r: int(metrics[r]) for r in EVENT_REASONS if metrics[r]}
+    by_reason[None] = int(metrics["rows"]) - sum(by_reason.values())
+    if not lines:
+        return written, EventTally(by_reason)
+    return written, EventTally(by_reason, int(metrics["line_starts"]), int(metrics["lines_accepted"]))
 
 
-def _stage_counts(event_counts: Mapping, item_counts: Mapping) -> dict[str, int]:
-    """The stage's counts (in / accepted / quarantined per table, and per reason) from rows per reason."""
+def _tally_columns(lines: bool) -> list[Column]:
+    """Aggregates over checked events: all rows, the rows of each reason, and (``lines``) the line
+    starts and the line starts of lines that were read (not quarantined whole)."""
+    columns = _reason_count_columns(EVENT_REASONS)
+    if lines:
+        start = F.coalesce(F.col(LINE_START), F.lit(False))
+        whole_line = F.coalesce(F.col("reason").isin(*_LINE_REASONS), F.lit(False))
+        columns += [F.count_if(start).alias("line_starts"), F.count_if(start & ~whole_line).alias("lines_accepted")]
+    return columns
+
+
+def _stage_counts(tally: EventTally | None, item_counts: Mapping) -> dict[str, int]:
+    """The stage's counts (in / accepted / quarantined per unit, and per reason).
+
+    Units: ``lines`` (line formats: a line read, or quarantined whole), ``events`` (rows of read
+    lines for a line format), ``items``. ``lines_in`` is counted on its own (line starts), so
+    :func:`reconcile` checks it; the other ``*_in`` are accepted + quarantined.
+    """
+    units = []
+    if tally is not None:
+        by_reason = dict(tally.by_reason)
+        if tally.lines_in is not None:
+            line_counts = {r: by_reason.pop(r) for r in _LINE_REASONS if r in by_reason}
+            units.append(("lines", {**line_counts, None: tally.lines_accepted}, tally.lines_in))
+        units.append(("events", by_reason, None))
+    units.append(("items", item_counts, None))
     counts: dict[str, int] = {}
-    for table, table_counts in (("events", event_counts), ("items", item_counts)):
-        accepted = table_counts.get(None, 0)
-        quarantined = sum(n for r, n in table_counts.items() if r is not None)
-        counts |= {f"{table}_in": accepted + quarantined, f"{table}_accepted": accepted,
-                   f"{table}_quarantined": quarantined}
-    for table, table_counts in (("events", event_counts), ("items", item_counts)):
-        for reason, n in table_counts.items():
+    for unit, unit_counts, seen in units:
+        accepted = unit_counts.get(None, 0)
+        quarantined = sum(n for r, n in unit_counts.items() if r is not None)
+        counts |= {f"{unit}_in": accepted + quarantined if seen is None else seen, f"{unit}_accepted": accepted,
+                   f"{unit}_quarantined": quarantined}
+        for reason, n in unit_counts.items():
             if reason is not None:
-                counts[f"{table}.quarantine.{reason}"] = n
+                counts[f"{unit}.quarantine.{reason}"] = n
                 counts[f"quarantine.{reason}"] = counts.get(f"quarantine.{reason}", 0) + n
     return counts
 
 
-def _already_committed(ctx: RunContext, txn: tuple[str, int]) -> dict[str, int] | None:
+def reconciliation_lines(counts: Mapping[str, int]) -> list[str]:
+    """The stage's reconciliation in words, one line per unit, for the run summary, e.g.
+    ``lines: 3 in = 2 accepted + 1 quarantined``."""
+    label = {"lines": "lines", "events": "events of read lines" if "lines_in" in counts else "events",
+             "items": "items"}
+    return [f"  {label[unit]}: {counts[f'{unit}_in']:,} in = {counts[f'{unit}_accepted']:,} accepted + "
+            f"{counts[f'{unit}_quarantined']:,} quarantined" for unit in UNITS if f"{unit}_in" in counts]
+
+
+def _already_committed(ctx: RunContext, txn: tuple[str, int], tables: Sequence[str]) -> dict[str, int] | None:
     """The output tables' versions when this run id already committed all of them, else None."""
-    if not all(ctx.warehouse.committed(table, txn) for table in OUTPUT_TABLES):
+    if not all(ctx.warehouse.committed(table, txn) for table in tables):
         return None
-    return {table: ctx.warehouse.committed_version(table, txn) for table in OUTPUT_TABLES}
+    return {table: ctx.warehouse.committed_version(table, txn) for table in tables}
 
 
 def reconcile(counts: Mapping[str, int], written: Mapping[str, object]) -> None:
-    """Raise :class:`ReconciliationError` unless in = accepted + quarantined (events and items) and
-    the rows written (from the files' footers, when the backend reports them) match the counts."""
+    """Raise :class:`ReconciliationError` unless in = accepted + quarantined for every unit counted
+    (lines, events, items) and the rows written (from the files' footers, when the backend reports
+    them) match the counts."""
     problems = []
-    for table in ("events", "items"):
-        by_reason = sum(n for k, n in counts.items() if k.startswith(f"{table}.quarantine."))
-        if counts[f"{table}_in"] != counts[f"{table}_accepted"] + counts[f"{table}_quarantined"]:
-            problems.append(f"{table}: in {counts[f'{table}_in']} != accepted {counts[f'{table}_accepted']} "
-                            f"+ quarantined {counts[f'{table}_quarantined']}")
-        if by_reason != counts[f"{table}_quarantined"]:
-            problems.append(f"{table}: quarantined {counts[f'{table}_quarantined']} != sum by reason {by_reason}")
-    expected = {
-        "events_raw": counts["events_accepted"],
-        "items_raw": counts["items_accepted"],
-        "quarantine": counts["events_quarantined"] + counts["items_quarantined"],
-    }
+    units = [unit for unit in UNITS if f"{unit}_in" in counts]
+    for unit in units:
+        by_reason = sum(n for k, n in counts.items() if k.startswith(f"{unit}.quarantine."))
+        if counts[f"{unit}_in"] != counts[f"{unit}_accepted"] + counts[f"{unit}_quarantined"]:
+            problems.append(f"{unit}: in {counts[f'{unit}_in']} != accepted {counts[f'{unit}_accepted']} "
+                            f"+ quarantined {counts[f'{unit}_quarantined']}")
+        if by_reason != counts[f"{unit}_quarantined"]:
+            problems.append(f"{unit}: quarantined {counts[f'{unit}_quarantined']} != sum by reason {by_reason}")
+    expected = {"items_raw": counts["items_accepted"],
+                "quarantine": sum(counts[f"{unit}_quarantined"] for unit in units)}
+    if "events_in" in counts:
+        expected["events_raw"] = counts["events_accepted"]
     for table, rows in expected.items():
-        result = written[table]
+        result = written.get(table)
         if not getattr(result, "skipped", False) and getattr(result, "rows", -1) >= 0 and result.rows != rows:
             problems.append(f"{table}: wrote {result.rows} rows but counted {rows}")
     if problems:

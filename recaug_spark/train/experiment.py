@@ -157,7 +157,7 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
                    progress_dir: str | None = None) -> list[RunRecord]:
     """Train every arm × seed of ``plan``; ``cfg.num_processes`` > 1 runs each model on that many
     TorchDistributor ranks (local mode) of ``spark``'s cluster (default: the active session);
-    otherwise ``cfg.parallel_runs`` models train at once, each in a process of its own.
+    otherwise ``cfg.runs_at_once()`` models train at once, each in a process of its own.
 
     Runs go seed by seed (every arm of seed 1, then of seed 2, …), so that paired comparisons
     complete early; the records come back in plan order (arm, then seed). ``epoch_log``: also log a
@@ -183,10 +183,11 @@ def run_experiment(plan: ExperimentPlan, cfg, *, spark=None, log: Callable[[str]
         _train_distributed(plan, trainer_cfg, cfg.num_processes, to_train, recorder)
     else:
         shared = _shared_inputs(plan, trainer_cfg, progress_dir)
-        if cfg.parallel_runs <= 1 or len(to_train) <= 1:
+        at_once = cfg.runs_at_once()
+        if at_once <= 1 or len(to_train) <= 1:
             _train_one_by_one(shared, to_train, recorder, epoch_log, log)
         else:
-            _train_side_by_side(shared, to_train, recorder, epoch_log, cfg.parallel_runs)
+            _train_side_by_side(shared, to_train, recorder, epoch_log, at_once)
     return [recorder.records[arm.name, seed] for arm in plan.arms for seed in cfg.seeds]
 
 

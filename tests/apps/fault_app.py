@@ -8,6 +8,7 @@ Usage: python fault_app.py MASTER WAREHOUSE RUN_ID STAGE[,STAGE...] [options]
                               SIGKILL one executor and wait until the driver has removed it; M records it
   --kill-in-task M            augment: the task of partition 0 SIGKILLs its own executor JVM in its
                               first attempt, after producing its first batch; M records it
+  --kill-in-ingest M          ingest: the same, in the job that writes the accepted events (events_raw)
   --local-checkpoints         clean with today's old ``localCheckpoint`` (to show what the faults did before)
   --save-config F / --load-config F
                               write the effective config (JSON) / run with that exact config: a retry of a
@@ -98,6 +99,7 @@ def kill_in_task(marker: str):
 def install_faults(spark, argv: list[str]) -> None:
     import recaug_spark.stages.augment as augment_stage
     import recaug_spark.stages.clean as clean_stage
+    import recaug_spark.stages.ingest as ingest_stage
 
     if "--local-checkpoints" in argv:
         clean_stage.checkpoint = lambda df: df.localCheckpoint(eager=True)
@@ -119,6 +121,16 @@ def install_faults(spark, argv: list[str]) -> None:
             return out.mapInArrow(kill_in_task(marker), out.schema)
 
         augment_stage.augment_sequences = augment_then_kill
+    if "--kill-in-ingest" in argv:
+        marker, original_rows = argv[argv.index("--kill-in-ingest") + 1], ingest_stage.accepted_rows
+
+        def accepted_then_kill(checked, schema):
+            out = original_rows(checked, schema)
+            if schema is not ingest_stage.EVENTS_RAW:  # the items_raw write: untouched
+                return out
+            return out.mapInArrow(kill_in_task(marker), out.schema)
+
+        ingest_stage.accepted_rows = accepted_then_kill
 
 
 def main(argv: list[str]) -> None:
