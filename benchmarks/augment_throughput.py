@@ -47,8 +47,12 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  timestamps, event types, sessions, countries, devices) and see each sequence's most
                  recent ``max_input_events`` events; every output batch is checked to have the output
                  schema, and both sides' output rows and events are checked equal. Times are process
-                 CPU seconds (best of ``--repeats``, sides interleaved), so other load on a shared
-                 machine does not count. Target: ≥ 20× for the default pipeline.
+                 CPU seconds, sides interleaved for ``--core-repeats`` rounds;
+                 the speedup is the ratio of the two sides' medians (the best-of ratio is reported
+                 too), so other load on a shared machine counts little. ``--arrow-pool system``
+                 makes glibc's malloc the Arrow memory pool of the whole one-core part, both sides
+                 (pyarrow's default is mimalloc; ``ARROW_DEFAULT_MEMORY_POOL=system`` does the same
+                 for a Spark Python worker). Target: ≥ 20× for the default pipeline.
 
 The default pipeline is the random operators only: ``AugmentConfig``'s crop, mask and reorder
 branches with their default parameters (``default_config``). Not ``AugmentConfig()`` itself: its
@@ -65,7 +69,7 @@ the synthetic table lets every scale hold exactly the number of events asked for
 Usage: python benchmarks/augment_throughput.py [--events 10000000] [--scales 1e5,1e6,1e7]
        [--repeats 3] [--master local[2]] [--json PATH] [--skip-python-baseline] [--skip-skew]
        [--skip-round-trip] [--batch-rows 2048,8192]
-       [--one-core-only --baseline-events 200000]
+       [--one-core-only --baseline-events 200000 --core-repeats 7 --arrow-pool system]
 """
 
 from __future__ import annotations
@@ -517,21 +521,24 @@ def python_run(batches: list[pa.RecordBatch], branches, steps, cfg: AugmentConfi
 
 
 def one_core(spark, source: Path, events: int, configs: dict[str, AugmentConfig], repeats: int,
-             with_python: bool) -> dict:
+             with_python: bool, arrow_pool: str = "default") -> dict:
     """Stage function vs per-row Python function, Arrow batches in → Arrow batches out, one core,
-    same sample, interleaved best of N."""
+    same sample, ``repeats`` interleaved rounds: seconds and speedup from the medians (best also kept)."""
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    if arrow_pool != "default":  # both sides: every Arrow buffer of this process from here on
+        pa.set_memory_pool(getattr(pa, f"{arrow_pool}_memory_pool")())
     batch_rows = AugmentConfig().arrow_batch_rows
     batches, sample_events = load_sample(source, events, batch_rows)
     schema = output_schema(AUGMENTED_SEQUENCES)
     fit_frame = spark.read.parquet(str(source))
-    results = {"sample_events": sample_events, "sample_sequences": sum(b.num_rows for b in batches), "operators": {}}
+    results = {"sample_events": sample_events, "sample_sequences": sum(b.num_rows for b in batches),
+               "arrow_pool": pa.default_memory_pool().backend_name, "operators": {}}
     for name, cfg in configs.items():
         branches = compile_branches(cfg, fit_frame, None)
         steps = python_steps(branches) if with_python else None
         vectorized_run(batches[:1], branches, cfg, schema)  # warm-up (imports, first calls), unmeasured
-        best = {"vectorized": float("inf"), "python": float("inf")}
+        times = {"vectorized": [], "python": []}
         outputs = {}
         for _ in range(repeats):
             for side in ("vectorized", "python") if with_python else ("vectorized",):
@@ -540,15 +547,21 @@ def one_core(spark, source: Path, events: int, configs: dict[str, AugmentConfig]
                     outputs[side] = vectorized_run(batches, branches, cfg, schema)
                 else:
                     outputs[side] = python_run(batches, branches, steps, cfg, schema, SEED)
-                best[side] = min(best[side], time.process_time() - start)
+                times[side].append(time.process_time() - start)
+        median = {side: statistics.median(t) for side, t in times.items() if t}
+        best = {side: min(t) for side, t in times.items() if t}
         rows_out, events_out = outputs["vectorized"]
-        entry = {"vectorized_s": best["vectorized"], "rows_out": rows_out, "events_out": events_out,
-                 "vectorized_events_per_s": sample_events / best["vectorized"],
-                 "vectorized_ns_per_event": best["vectorized"] / sample_events * 1e9}
+        entry = {"repeats": repeats, "vectorized_s": median["vectorized"], "vectorized_best_s": best["vectorized"],
+                 "rows_out": rows_out, "events_out": events_out,
+                 "vectorized_events_per_s": sample_events / median["vectorized"],
+                 "vectorized_ns_per_event": median["vectorized"] / sample_events * 1e9}
         if with_python:
-            entry.update({"python_s": best["python"], "python_events_per_s": sample_events / best["python"],
-                          "python_ns_per_event": best["python"] / sample_events * 1e9,
-                          "speedup": best["python"] / best["vectorized"],
+            entry.update({"python_s": median["python"], "python_best_s": best["python"],
+                          "python_events_per_s": sample_events / median["python"],
+                          "python_ns_per_event": median["python"] / sample_events * 1e9,
+                          "speedup": median["python"] / median["vectorized"],
+                          "speedup_best": best["python"] / best["vectorized"],
+                          "speedup_per_round": [p / v for p, v in zip(times["python"], times["vectorized"])],
                           "same_output": outputs["python"] == outputs["vectorized"],
                           "python_rows_out": outputs["python"][0], "python_events_out": outputs["python"][1]})
         results["operators"][name] = entry
@@ -578,6 +591,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="scale of the per-operator Spark stages (capped at --events)")
     parser.add_argument("--baseline-events", type=int, default=1_000_000,
                         help="sample for the one-core vectorized vs per-row Python part (capped at --events)")
+    parser.add_argument("--core-repeats", type=int, default=7,
+                        help="interleaved rounds of the one-core part (medians reported)")
+    parser.add_argument("--arrow-pool", choices=("default", "system", "jemalloc", "mimalloc"), default="default",
+                        help="Arrow memory pool of the one-core part, both sides (default: pyarrow's)")
     parser.add_argument("--heavy-users", type=int, default=10)
     parser.add_argument("--heavy-events", type=int, default=100_000, help="events of each heavy user")
     parser.add_argument("--skip-python-baseline", action="store_true")
@@ -629,7 +646,8 @@ def main(argv=None) -> None:
         if args.one_core_only:
             path = workdir / f"sequences_{plan.baseline_events}"
             report["datasets"] = {str(plan.baseline_events): synthesize(spark, path, plan.baseline_events)}
-            core = one_core(spark, path, plan.baseline_events, configs, args.repeats, not args.skip_python_baseline)
+            core = one_core(spark, path, plan.baseline_events, configs, args.core_repeats,
+                            not args.skip_python_baseline, args.arrow_pool)
             report["one_core"] = core
             print_one_core(core, None, args)
         else:
@@ -707,7 +725,8 @@ def measure_everything(spark, bench: SparkBench, args: argparse.Namespace, plan:
     # 4. one core: vectorized augmenters vs per-row Python, on a sample (the first rows of the main scale's
     # table when --baseline-events is none of the scales)
     sample_source = data.get(plan.baseline_events, data[args.events])
-    core = one_core(spark, sample_source, plan.baseline_events, configs, args.repeats, not args.skip_python_baseline)
+    core = one_core(spark, sample_source, plan.baseline_events, configs, args.core_repeats,
+                    not args.skip_python_baseline, args.arrow_pool)
 
     report["batch_rows"] = {c.cfg.arrow_batch_rows: _case_json(c) for c in batch_cases}
     report.update({"scales": [_case_json(c) for c in scale_cases], "default": _case_json(main_case),
@@ -794,22 +813,24 @@ def print_one_core(core: dict, main_events: int | None, args) -> None:
     sample = ("all the data" if main_events is None or core["sample_events"] >= main_events
               else "a sample: per-row Python on all the data would take too long")
     print(f"\nOne core, no Spark, Arrow batches in → Arrow batches of the output schema out (real + augmented rows): "
-          f"the stage's augment_record_batch vs a per-row Python function, CPU seconds, on {core['sample_events']:,} "
-          f"events ({core['sample_sequences']:,} sequences; {sample})")
+          f"the stage's augment_record_batch vs a per-row Python function, CPU seconds (median of {args.core_repeats} "
+          f"interleaved rounds, Arrow pool {core['arrow_pool']}), on {core['sample_events']:,} events "
+          f"({core['sample_sequences']:,} sequences; {sample})")
     with_python = not args.skip_python_baseline
     header = f"{'operators':<12}{'vector s':>10}{'vec ev/s':>12}{'rows out':>10}{'events out':>13}"
     if with_python:
-        header += f"{'python s':>10}{'py ev/s':>11}{'speedup':>9}{'same out':>10}"
+        header += f"{'python s':>10}{'py ev/s':>11}{'speedup':>9}{'best':>7}{'same out':>10}"
     print(header)
     for name, e in core["operators"].items():
         line = (f"{name:<12}{e['vectorized_s']:>10.3f}{e['vectorized_events_per_s']:>12,.0f}{e['rows_out']:>10,}"
                 f"{e['events_out']:>13,}")
         if with_python:
             line += (f"{e['python_s']:>10.3f}{e['python_events_per_s']:>11,.0f}{e['speedup']:>8.1f}×"
-                     f"{'yes' if e['same_output'] else 'NO':>10}")
+                     f"{e['speedup_best']:>6.1f}×{'yes' if e['same_output'] else 'NO':>10}")
         print(line)
     if with_python:
-        print("  target: default pipeline ≥ 20× the per-row Python implementation")
+        print("  speedup: ratio of the medians (best: of the best rounds); target: default pipeline ≥ 20× the per-row "
+              "Python implementation")
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return z[0] if x.ndim == 0 else z.reshape(x.shape)
 
 
-def _mix_inplace(z: np.ndarray) -> np.ndarray:
-    """The avalanche steps of :func:`mix64` (after adding the golden gamma), in place on ``z``."""
-    t = np.empty_like(z)
+def _mix_inplace(z: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """The avalanche steps of :func:`mix64` (after adding the golden gamma), in place on ``z``
+    (``scratch``: a spare array of ``z``'s shape and type, overwritten)."""
+    t = np.empty_like(z) if scratch is None else scratch
     np.right_shift(z, _S30, out=t)
     z ^= t
     z *= _M1
@@ -69,7 +70,8 @@ def key_strings(values) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
-    offsets = np.frombuffer(values.buffers()[1], dtype=offset_type)[values.offset: values.offset + n + 1].astype(np.int64)
+    offsets = np.frombuffer(values.buffers()[1], dtype=offset_type)
+    offsets = offsets[values.offset: values.offset + n + 1].astype(np.int64)
     data = values.buffers()[2]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
     start, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
@@ -111,10 +113,15 @@ def random_bits_grouped(seed: int, stream: str, keys: np.ndarray, groups: np.nda
     """``random_bits(seed, stream, keys[groups], draw)`` (the same values), mixing each key once
     instead of once per draw: for many draws per entity (one per element of a sequence)."""
     mixed = mix64(np.asarray(keys, dtype=np.uint64) ^ stream_key(seed, stream))
+    z = mixed[np.asarray(groups, dtype=np.int64)]
     with np.errstate(over="ignore"):
-        z = mixed[np.asarray(groups, dtype=np.int64)] + np.asarray(draw, dtype=np.uint64) * _GOLDEN
-    z += _GOLDEN
-    return _mix_inplace(z)
+        step = np.asarray(draw, dtype=np.uint64) * _GOLDEN
+        if isinstance(z, np.ndarray) and step.shape == z.shape:
+            z += step  # in place, and the product's array reused as the mixer's scratch: two arrays, not four
+        else:  # one group, or draws broadcast against the groups: the plain sum
+            z, step = z + step, None
+        z += _GOLDEN
+    return _mix_inplace(z, step)
 
 
 def to_uniform(bits: np.ndarray) -> np.ndarray:

@@ -178,7 +178,64 @@ def test_grouped_draws_equal_the_plain_ones():
 
     keys = np.array([3, 99, 2**63 + 5], dtype=np.uint64)
     groups, draws = np.array([0, 0, 1, 2, 2, 2]), np.arange(6, dtype=np.uint64) + (np.uint64(3) << np.uint64(40))
-    assert np.array_equal(rng.random_bits_grouped(7, "s", keys, groups, draws), rng.random_bits(7, "s", keys[groups], draws))
+    plain = rng.random_bits(7, "s", keys[groups], draws)
+    assert np.array_equal(rng.random_bits_grouped(7, "s", keys, groups, draws), plain)
+    # a draw index broadcast over the groups (the path that cannot reuse the product's array)
+    assert np.array_equal(rng.random_bits_grouped(7, "s", keys, groups, np.uint64(4)),
+                          rng.random_bits(7, "s", keys[groups], np.uint64(4)))
+
+
+def test_select_chooses_the_smallest_keys_ties_by_position():
+    from recaug_spark.augment.kernels import select
+
+    generator = np.random.default_rng(3)
+    lengths = generator.integers(0, 40, 300)
+    batch = SequenceBatch.from_lists(np.arange(300), [["a"] * n for n in lengths])
+    for key_range in (4, 1 << 16):  # many ties, then few
+        keys = generator.integers(0, key_range, int(lengths.sum())).astype(np.uint16)
+        counts = generator.integers(-1, 45, 300)  # below 0 and beyond the length too
+        chosen = select(keys, batch, counts)
+        for i in range(300):
+            a, b = batch.offsets[i], batch.offsets[i + 1]
+            by_key = sorted(range(b - a), key=lambda j: (keys[a + j], j))
+            expected = np.zeros(b - a, dtype=bool)
+            expected[by_key[:max(counts[i], 0)]] = True
+            assert np.array_equal(chosen[a:b], expected), i
+
+
+def test_top16_is_the_top_16_bits_for_any_layout():
+    from recaug_spark.augment.kernels import top16
+
+    bits = np.random.default_rng(1).integers(0, 2**64 - 1, 1001, dtype=np.uint64, endpoint=True)
+    expected = (bits >> np.uint64(48)).astype(np.uint16)
+    assert np.array_equal(top16(bits), expected)
+    assert np.array_equal(top16(bits[::3]), expected[::3])  # strided: no view trick
+    assert top16(bits).base is None  # a copy, not a view into the draws
+
+
+def test_identity_positions_move_nothing_and_cannot_be_written():
+    from recaug_spark.augment.batch import Edit, LazyBatch, identity_positions
+
+    batch = SequenceBatch.from_lists([1, 2], [list("abc"), list("de")], session_ids=[list("xxy"), list("zz")])
+    positions = identity_positions(5)
+    assert positions.tolist() == [0, 1, 2, 3, 4] and not positions.flags.writeable
+    assert identity_positions(100_000)[-1] == 99_999 and positions.tolist() == [0, 1, 2, 3, 4]  # grown, old views kept
+    codes = np.array([-1, 0, -1, -1, 0])
+    lazy = LazyBatch.wrap(batch).apply(Edit(batch.offsets, identity_positions(5), item_codes=codes), EXTRA)
+    eager = apply_edit(batch, Edit(batch.offsets, np.arange(5), item_codes=codes), EXTRA)
+    assert lazy.to_lists() == eager.to_lists() == [["a", MASK_TOKEN, "c"], ["d", MASK_TOKEN]]
+    assert lazy.lists(lazy.session_ids) == [list("xxy"), list("zz")]
+
+
+def test_suffixed_ids_equal_a_string_join_for_every_suffix():
+    import pyarrow.compute as pc
+
+    from recaug_spark.augment.arrow_io import SuffixedIds
+
+    ids = pa.array(["u1", "", "user-é", "u1", "x" * 40]).slice(1)
+    suffixed = SuffixedIds(ids)
+    for suffix in ("~0:0", "~0:1", "~1:0", "~12:3", "~0:0", "~1:1"):
+        assert suffixed.get(suffix).to_pylist() == pc.binary_join_element_wise(ids, suffix, "").to_pylist(), suffix
 
 
 def test_lazy_chains_equal_applying_each_edit_in_turn():
@@ -196,3 +253,26 @@ def test_lazy_chains_equal_applying_each_edit_in_turn():
         assert lazy.to_lists() == eager.to_lists() and lazy.timestamps_lists() == eager.timestamps_lists(), name
         assert lazy.lists(lazy.session_ids) == eager.lists(eager.session_ids), name
         assert lazy.lists(lazy.context["country"]) == eager.lists(eager.context["country"]), name
+
+
+def test_a_dropped_lazy_batch_is_freed_at_once_with_its_context():
+    """No reference cycle between a batch and its context: else every branch output's Arrow buffers
+    stayed alive until Python's cycle collector ran (the stage's memory grew with the batches)."""
+    import gc
+    import weakref
+
+    from recaug_spark.augment.batch import LazyBatch
+
+    batch = SequenceBatch.from_lists([1, 2], [list("abcd"), list("de")], country=[list("ABCD"), list("DE")])
+    base = LazyBatch.wrap(batch).tail(3)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        lazy = base.apply(build("crop", {}).plan(base, Draws(1, "c", base.keys), None))
+        assert lazy.lists(lazy.context["country"]) == [[x.upper() for x in s] for s in lazy.to_lists()]
+        ref = weakref.ref(lazy)
+        del lazy
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()

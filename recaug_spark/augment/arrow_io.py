@@ -146,8 +146,9 @@ def sequence_ids(parent_ids: pa.Array, lineage: np.ndarray, branch: int, copy: i
 
 class SuffixedIds:
     """``<id><suffix>`` for every id of a batch, for several suffixes: the id bytes are laid out once
-    per suffix length, then each suffix is written into its slots (a string join per branch and copy
-    costs several times more)."""
+    per suffix length with the first suffix of that length in its slots; another suffix is a copy of
+    that layout with only the bytes where it differs rewritten (``~0:1`` after ``~0:0``: one byte per
+    id). A string join per branch and copy costs several times more."""
 
     def __init__(self, ids: pa.Array):
         self.ids = ids
@@ -160,25 +161,29 @@ class SuffixedIds:
         raw = np.frombuffer(suffix.encode(), dtype=np.uint8)
         layout = self.layouts.get(len(raw))
         if layout is None:
-            layout = self.layouts[len(raw)] = self._layout(len(raw))
-        offsets, data, slots = layout
+            layout = self.layouts[len(raw)] = self._layout(raw)
+        offsets, data, slots, written = layout
         out = data.copy()
-        out[slots] = raw
+        for j in np.flatnonzero(raw != written).tolist():
+            out[slots[j]] = raw[j]
         return pa.Array.from_buffers(pa.string(), len(ids), [None, offsets, pa.py_buffer(out)])
 
-    def _layout(self, width: int) -> tuple:
-        ids, n = self.ids, len(self.ids)
+    def _layout(self, raw: np.ndarray) -> tuple:
+        """(offsets, bytes with ``raw`` in every id's suffix slots, slot positions by suffix byte, ``raw``)."""
+        ids, n, width = self.ids, len(self.ids), len(raw)
         offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset: ids.offset + n + 1].astype(np.int64)
         lengths = np.diff(offsets)
         out_offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths + width, out=out_offsets[1:])
-        data = np.zeros(int(out_offsets[-1]), dtype=np.uint8)
+        data = np.empty(int(out_offsets[-1]), dtype=np.uint8)
+        slots = np.arange(width, dtype=np.int64)[:, None] + (out_offsets[1:].astype(np.int64) - width)
+        id_bytes = np.ones(len(data), dtype=bool)
+        id_bytes[slots] = False
         size = int(offsets[-1] - offsets[0])
-        if size:
-            source = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[int(offsets[0]): int(offsets[-1])]
-            data[np.arange(size, dtype=np.int64) + np.repeat(np.arange(n, dtype=np.int64) * width, lengths)] = source
-        slots = (out_offsets[1:].astype(np.int64) - width)[:, None] + np.arange(width, dtype=np.int64)
-        return pa.py_buffer(out_offsets), data, slots
+        if size:  # every byte outside the slots is the next byte of the ids, in order
+            data[id_bytes] = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[int(offsets[0]): int(offsets[-1])]
+        data[slots] = raw[:, None]
+        return pa.py_buffer(out_offsets), data, slots, raw
 
 
 def output_schema(struct) -> pa.Schema:

@@ -151,9 +151,26 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
+_IDENTITY = [np.zeros(0, dtype=np.int64)]  # one shared, read-only 0, 1, 2, ... (grown as needed)
+
+
+def identity_positions(total: int) -> np.ndarray:
+    """``np.arange(total)`` as a read-only view of one shared array: the positions of an edit that
+    moves nothing (it only replaces items, timestamps or context), which :meth:`LazyBatch.apply`
+    recognizes without comparing them element by element, and which is not allocated per batch."""
+    shared = _IDENTITY[0]
+    if len(shared) < total:
+        shared = np.arange(max(total, 2 * len(shared), 1 << 16), dtype=np.int64)
+        shared.flags.writeable = False
+        _IDENTITY[0] = shared
+    return shared[:total]
+
+
 def _is_identity(positions: np.ndarray, total: int) -> bool:
     if len(positions) != total:
         return False
+    if positions.base is _IDENTITY[0] and positions.ctypes.data == positions.base.ctypes.data:
+        return True  # a view of identity_positions() with the right length
     step = max(1, total // 64)  # a few probes first: most edits that move anything fail them
     if not (positions[::step] == np.arange(0, total, step)).all():
         return False
@@ -222,7 +239,8 @@ class LazyBatch(SequenceBatch):
             replaced["event_types"] = edit.event_types
         for name, values in (edit.context or {}).items():
             replaced[("context", name)] = values
-        timestamps = edit.timestamps if edit.timestamps is not None else (self.timestamps if identity else self.timestamps[p])
+        timestamps = (edit.timestamps if edit.timestamps is not None
+                      else self.timestamps if identity else self.timestamps[p])
         return LazyBatch(self._source, edit.keys if edit.keys is not None else self.keys,
                          np.asarray(edit.offsets, dtype=np.int64), np.asarray(timestamps, dtype=np.int64),
                          positions, codes, extra, replaced, self._cache)
@@ -249,16 +267,7 @@ class LazyBatch(SequenceBatch):
         same source (the branches that move nothing share them); other positions belong to one
         batch only, whose own cached properties keep its columns.
         """
-        positions = self._positions
-        if values is None or positions is None:
-            return values
-        runs = self._cache.get(("runs", id(positions)))  # holds ``positions``: its id is not reused
-        if runs is None:
-            return _gather(values, positions)
-        key = (name, id(positions))
-        if key not in self._cache:
-            self._cache[key] = _gather(values, positions, runs[1])
-        return self._cache[key]
+        return _through(self._cache, self._positions, name, values)
 
     @cached_property
     def items(self) -> pa.Array:
@@ -292,7 +301,7 @@ class LazyBatch(SequenceBatch):
     def context(self) -> Mapping[str, pa.Array]:
         names = list(self._source.context) + [k[1] for k in self._replaced if isinstance(k, tuple)
                                               and k[1] not in self._source.context]
-        return _LazyContext(self, names)
+        return _LazyContext(names, self._source.context, self._replaced, self._cache, self._positions)
 
     def materialize(self) -> SequenceBatch:
         """A plain batch with every column taken."""
@@ -300,20 +309,37 @@ class LazyBatch(SequenceBatch):
                              event_types=self.event_types, session_ids=self.session_ids, context=dict(self.context))
 
 
-class _LazyContext(Mapping):
-    """``LazyBatch.context``: each field taken when first read."""
+def _through(cache: dict, positions: np.ndarray | None, name, values: pa.Array | None) -> pa.Array | None:
+    """``LazyBatch._column`` (a source column through the composed ``positions``), for the batch and
+    its context, which must not hold the batch: a reference cycle would keep every batch's Arrow
+    buffers alive until Python's cycle collector runs, instead of freeing them for the next batch."""
+    if values is None or positions is None:
+        return values
+    runs = cache.get(("runs", id(positions)))  # holds ``positions``: its id is not reused
+    if runs is None:
+        return _gather(values, positions)
+    key = (name, id(positions))
+    if key not in cache:
+        cache[key] = _gather(values, positions, runs[1])
+    return cache[key]
 
-    def __init__(self, batch: LazyBatch, names: list[str]):
-        self._batch, self._names, self._values = batch, names, {}
+
+class _LazyContext(Mapping):
+    """``LazyBatch.context``: each field taken when first read (from what the batch would take it
+    from, not from the batch itself: see :func:`_through`)."""
+
+    def __init__(self, names: list[str], source: Mapping[str, pa.Array], replaced: dict, cache: dict,
+                 positions: np.ndarray | None):
+        self._names, self._values = names, {}
+        self._source, self._replaced, self._cache, self._positions = source, replaced, cache, positions
 
     def __getitem__(self, name: str) -> pa.Array:
         if name not in self._values:
             if name not in self._names:
                 raise KeyError(name)
-            batch = self._batch
-            replaced = batch._replaced.get(("context", name))
+            replaced = self._replaced.get(("context", name))
             self._values[name] = (replaced if replaced is not None
-                                  else batch._column(("context", name), batch._source.context[name]))
+                                  else _through(self._cache, self._positions, ("context", name), self._source[name]))
         return self._values[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -346,8 +372,8 @@ def _gather(values: pa.Array, positions: np.ndarray, runs: tuple[np.ndarray, np.
     recent events, the concatenation of slices (~10× cheaper than a take). ``positions`` must be
     valid (unchecked, as ``LazyBatch.apply`` checks every edit's positions)."""
     if runs is not None and len(runs[0]) * _RUN <= len(positions):
-        return pa.concat_arrays([values.slice(first, length) for first, length in zip(runs[0].tolist(), runs[1].tolist())]
-                                or [values.slice(0, 0)])
+        slices = [values.slice(first, length) for first, length in zip(runs[0].tolist(), runs[1].tolist())]
+        return pa.concat_arrays(slices or [values.slice(0, 0)])
     # Positions are checked against the source when an edit is applied (LazyBatch.apply).
     return pc.take(values, pa.array(positions, type=pa.int64()), boundscheck=False)
 

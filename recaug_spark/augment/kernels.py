@@ -8,6 +8,7 @@ from the catalog). Everything works on whole batches at once: no Python loop ove
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from recaug_spark.augment.base import Augmenter, Draws, FitContext, Params
-from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths
+from recaug_spark.augment.batch import Edit, SequenceBatch, offsets_from_lengths, ranges
 
 MINUTE_US = 60_000_000
 
@@ -53,7 +54,12 @@ def quantize(u: np.ndarray) -> np.ndarray:
 
 
 def top16(bits: np.ndarray) -> np.ndarray:
-    """The top 16 of 64 random bits: a uint16 sort key."""
+    """The top 16 of 64 random bits: a uint16 sort key.
+
+    On a little-endian machine they are the last of each value's four uint16 words: copied from a
+    strided view, without the shifted uint64 array in between."""
+    if bits.dtype == np.uint64 and bits.ndim == 1 and bits.flags.c_contiguous and sys.byteorder == "little":
+        return bits.view(np.uint16)[3::4].copy()
     return (bits >> np.uint64(48)).astype(np.uint16)
 
 
@@ -76,9 +82,11 @@ def select(keys: np.ndarray, batch: SequenceBatch, counts: np.ndarray) -> np.nda
     """Boolean mask choosing ``counts[i]`` elements of sequence i: those with the smallest uint16 keys
     (ties by position). Two linear-time radix passes instead of a comparison sort."""
     order = grouped_argsort(keys, batch.sequence_of_element, len(batch))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = batch.position_in_sequence  # sorting by sequence first leaves each sequence in place
-    return rank < np.repeat(counts, batch.lengths)
+    # Sorting by sequence first leaves each sequence's elements at its own offsets, smallest keys
+    # first: the chosen ones are the first counts[i] of them.
+    chosen = np.zeros(len(order), dtype=bool)
+    chosen[order[ranges(batch.offsets[:-1], np.clip(counts, 0, batch.lengths))]] = True
+    return chosen
 
 
 def select_per_sequence(u: np.ndarray, batch: SequenceBatch, counts: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from recaug_spark import rng
 from recaug_spark.augment.base import Augmenter, Params, register
-from recaug_spark.augment.batch import Edit, offsets_from_lengths, ranges
+from recaug_spark.augment.batch import Edit, identity_positions, offsets_from_lengths, ranges
 from recaug_spark.augment.kernels import (
     CatalogAugmenter,
     ItemVocabulary,
@@ -70,8 +70,8 @@ class Mask(Augmenter):
         chosen = select(element_keys(draws, "mask", batch), batch, counts)
         if self.params.mode == "dropout":
             return keep(batch, ~chosen)
-        codes = np.where(chosen, 0, -1).astype(np.int64)  # extra item 0 is the mask token
-        return Edit(batch.offsets.copy(), np.arange(batch.offsets[-1], dtype=np.int64), item_codes=codes)
+        codes = np.where(chosen, np.int64(0), np.int64(-1))  # extra item 0 is the mask token
+        return Edit(batch.offsets.copy(), identity_positions(int(batch.offsets[-1])), item_codes=codes)
 
 
 @register
@@ -134,7 +134,7 @@ class Substitute(CatalogAugmenter):
         u = rng.to_uniform(draws.bits("item", batch.sequence_of_element[chosen], batch.position_in_sequence[chosen]))
         codes = np.full(batch.offsets[-1], -1, dtype=np.int64)
         codes[chosen] = state.sample(u, self.params.sampling) + 1  # drawn for the chosen positions only
-        return Edit(batch.offsets.copy(), np.arange(batch.offsets[-1], dtype=np.int64), item_codes=codes)
+        return Edit(batch.offsets.copy(), identity_positions(int(batch.offsets[-1])), item_codes=codes)
 
 
 @register
@@ -163,8 +163,8 @@ class Insert(CatalogAugmenter):
         flat_anchor = batch.offsets[new_seq] + anchor
         at = np.bincount(flat_anchor, minlength=total)
         before_or_at = np.cumsum(at)
-        in_order = grouped_argsort(anchor.astype(np.uint16), new_seq, len(batch)) if total and lengths.max() <= 1 << 16 \
-            else np.argsort(flat_anchor, kind="stable")
+        in_order = (grouped_argsort(anchor.astype(np.uint16), new_seq, len(batch)) if total and lengths.max() <= 1 << 16
+                    else np.argsort(flat_anchor, kind="stable"))
         destination = np.empty(len(new_seq), dtype=np.int64)
         destination[in_order] = flat_anchor[in_order] + np.arange(len(new_seq), dtype=np.int64)
         positions = np.empty(total + len(new_seq), dtype=np.int64)
