@@ -171,42 +171,40 @@ def file_lines(stream: BinaryIO, name: str, encoding: str | None = None) -> Iter
     ``offset`` is the position in the decompressed file, or None when the file is transcoded from
     a declared encoding other than UTF-8 (then bytes that do not decode refuse the file).
     """
+    rest, offset = _utf8_chunks(stream, name, encoding)
+    for line in physical_lines(rest):
+        yield offset, line
+        if offset is not None:
+            offset += len(line)
+
+
+def _utf8_chunks(stream: BinaryIO, name: str, encoding: str | None) -> tuple[Iterator[bytes], int | None]:
+    """The file's content as UTF-8 chunks after checking what it is (:func:`sniff`), and the byte
+    offset of its first byte in the decompressed file (past a BOM), or None when it is transcoded."""
     chunks = read_chunks(open_decompressed(stream, name), name)
     first = next(chunks, b"")
     codec, skip = sniff(first, name, encoding)
     rest = _chained(first[skip:], chunks)
     if codecs.lookup(codec).name != "utf-8":
-        rest = _transcoded(rest, codec, name)
-        for line in physical_lines(rest):
-            yield None, line
-        return
-    offset = skip
-    for line in physical_lines(rest):
-        yield offset, line
-        offset += len(line)
+        return _transcoded(rest, codec, name), None
+    return rest, skip
 
 
 def file_blocks(stream: BinaryIO, name: str, encoding: str | None = None) -> Iterator[tuple[int | None, bytes]]:
     """(byte offset, bytes) of a file in blocks of whole physical lines: what :func:`file_lines`
     yields, a block at a time (offset None for a transcoded file)."""
-    chunks = read_chunks(open_decompressed(stream, name), name)
-    first = next(chunks, b"")
-    codec, skip = sniff(first, name, encoding)
-    rest = _chained(first[skip:], chunks)
-    transcoded = codecs.lookup(codec).name != "utf-8"
-    if transcoded:
-        rest = _transcoded(rest, codec, name)
-    offset, carry = skip, b""
+    rest, offset = _utf8_chunks(stream, name, encoding)
+    carry = b""
     for chunk in rest:
         data = carry + chunk
         # Cut after the last line end; a \r at the very end may be the first half of a \r\n.
         cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
         if cut > 0:
-            yield (None if transcoded else offset), data[:cut]
-            offset += cut
+            yield offset, data[:cut]
+            offset = None if offset is None else offset + cut
         carry = data[cut:]
     if carry:
-        yield (None if transcoded else offset), carry
+        yield offset, carry
 
 
 class LineSource:

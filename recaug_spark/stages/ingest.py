@@ -152,7 +152,7 @@ def resolve_pseudonym_key(cfg: IngestConfig) -> bytes | None:
         key = resolve_pseudonym_key(cfg.ingest)
     """
     settings = cfg.pseudonymize
-    if cfg.format == "generated" or settings.ids_already_anonymous or is_catalog_only(cfg):
+    if cfg.format == "generated" or settings.ids_already_anonymous or cfg.catalog_only:
         return None  # synthetic ids, declared anonymous, or a catalog (no user or session ids)
     if settings.key_file:
         path = Path(settings.key_file).expanduser()
@@ -633,14 +633,9 @@ def run_ingest(ctx: RunContext) -> StageResult:
     )
 
 
-def is_catalog_only(cfg: IngestConfig) -> bool:
-    """True for an ingest of a catalog alone: ``ingest.items`` set, ``ingest.events`` not."""
-    return cfg.catalog_only
-
-
 def output_tables(cfg: IngestConfig) -> tuple[str, ...]:
     """The tables an ingest of ``cfg`` writes: a catalog-only ingest leaves ``events_raw`` as it is."""
-    return CATALOG_TABLES if is_catalog_only(cfg) else OUTPUT_TABLES
+    return CATALOG_TABLES if cfg.catalog_only else OUTPUT_TABLES
 
 
 class EventTally(NamedTuple):
