@@ -86,6 +86,10 @@ class StageResult:
     duration_s: float = 0.0
     skipped: bool = False  # the run id had already committed this stage
     concurrent: str | None = None  # why a concurrent run with this run id committed it instead
+    # A stage whose input is counted in several units (ingest: lines, events, items) states each here,
+    # e.g. "lines: 4 in = 3 accepted + 1 quarantined; ..."; the progress line shows it instead of one
+    # sum over units.
+    units: str = ""
 
 
     def progress_line(self) -> str:
@@ -94,6 +98,8 @@ class StageResult:
         tail = " (already committed by this run id: nothing written)" if self.skipped else ""
         if self.concurrent:
             return f"[{self.stage}] {self.concurrent}"
+        if self.units and not self.skipped:
+            return f"[{self.stage}] {self.units} in {self.duration_s:.1f}s"
         return (
             f"[{self.stage}] rows in {self.rows_in:,} → out {self.rows_out:,}"
             f" (quarantined {self.rows_quarantined:,}) in {self.duration_s:.1f}s, {rate:,.0f} rows/s{tail}"

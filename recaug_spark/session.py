@@ -80,7 +80,10 @@ def discard_dead_session() -> bool:
     """
     from pyspark import SparkContext
 
-    spark = SparkSession.getActiveSession() or SparkSession._instantiatedSession
+    try:
+        spark = SparkSession.getActiveSession() or SparkSession._instantiatedSession
+    except Exception:  # getActiveSession asks the JVM: a killed JVM refuses the connection
+        spark = SparkSession._instantiatedSession
     context = SparkContext._active_spark_context
     if spark is None and context is None:
         return False

@@ -6,9 +6,9 @@ Every adapter returns a :class:`RawSources` pair of DataFrames whose columns are
   strings, exactly as the source wrote them (no trimming, no type conversion: that is the
   validation's job, so a bad value is quarantined instead of silently becoming null);
 * ``_source``: the file name (or table) the row came from;
-* ``_raw``: the record as a human can read it: the verbatim line for CSV and line formats (and
-  for any line that could not be parsed), else a JSON object of the source row (source column
-  names) for JSON, Parquet, Delta and warehouse tables;
+* ``_raw``: the record as a human can read it: the verbatim record for CSV, JSON lines and line
+  formats (invalid bytes as ``\\xNN``), else a JSON object of the source row (source column
+  names) for Parquet, Delta and warehouse tables;
 * ``_unparsable``: true for a record that could not be split into fields (a CSV line with the
   wrong number of fields or an unterminated quote, a JSON line that is not JSON, a 5-core line
   without a user and an item). Such a row is never dropped: validation quarantines it with reason
@@ -261,7 +261,7 @@ def read_tabular(spark: SparkSession, cfg: IngestConfig, path: str, warehouse=No
         df = read_csv(spark, path, sep=cfg.csv_separator, header=cfg.csv_header, encoding=cfg.encoding)
         return df, F.col(SOURCE)
     if fmt == "json":
-        return read_json(spark, path, json_kinds(cfg), encoding=cfg.encoding), F.col(SOURCE)
+        return read_json(spark, path, json_kinds(cfg), encoding=cfg.encoding, wanted=json_wanted(cfg)), F.col(SOURCE)
     if fmt == "parquet":
         return read_parquet(spark, path), F.col(SOURCE)
     if fmt == "delta":
@@ -300,16 +300,29 @@ def _files(spark: SparkSession, path: str) -> list[str]:
     return files
 
 
+def json_wanted(cfg: IngestConfig) -> tuple[str, ...]:
+    """JSON keys read even when the first objects of the first file lack them: the source column of
+    every optional field (its ``ingest.events_columns`` / ``ingest.items_columns`` mapping, or its
+    canonical name). Without them a key that first appears late (after the sampled lines, or in a
+    later file) would be dropped silently. Required fields (user_id, item_id, ts) are left to the
+    sample, so a file without them (or a misspelt mapping) is refused by :func:`map_columns`."""
+    required = set(REQUIRED_EVENT_FIELDS) | set(REQUIRED_ITEM_FIELDS)
+    wanted = [mapping.get(name, name) for mapping, fields in ((cfg.events_columns, RAW_EVENT_FIELDS),
+                                                              (cfg.items_columns, RAW_ITEM_FIELDS))
+              for name in fields if name not in required]
+    return tuple(dict.fromkeys(wanted))
+
+
 def read_json(spark: SparkSession, path: str, kinds: Mapping[str, str] | None = None, *,
-              encoding: str | None = None) -> DataFrame:
+              encoding: str | None = None, wanted: Sequence[str] = ()) -> DataFrame:
     """JSON lines (one object per line) as string columns (the keys of the first file's first
-    objects) plus the markers. A number keeps the text it was written with; objects and arrays
-    become JSON. A line that is not a JSON object is ``unparsable_line``, a repeated key
-    ``duplicate_key``, an object/array/boolean where an id is expected or a string where a number
-    is, ``wrong_type`` (``kinds``: source key → id / number)."""
+    objects, then the ``wanted`` keys they lack) plus the markers. A number keeps the text it was
+    written with; objects and arrays become JSON. A line that is not a JSON object is
+    ``unparsable_line``, a repeated key ``duplicate_key``, an object/array/boolean where an id is
+    expected or a string where a number is, ``wrong_type`` (``kinds``: source key → id / number)."""
     files = _files(spark, path)
     with source_errors():
-        columns = tuple(json_keys(files[0], encoding))
+        columns = tuple(dict.fromkeys([*json_keys(files[0], encoding), *wanted]))
     kinds = kinds or {}
     spec = TextSpec(kind="json", columns=columns, kinds=tuple(kinds.get(c, "any") for c in columns),
                     encoding=encoding)
@@ -381,10 +394,11 @@ def _marked(df: DataFrame, columns: Sequence[str]) -> DataFrame:
 
 def _with_markers(df: DataFrame, source: Column, *, row: Column | None = None) -> DataFrame:
     """Add the markers to a typed frame: ``_raw`` = JSON of the row; reason ``encoding`` when a
-    string value is not valid UTF-8 (its value then shown as ``0x<hex>`` in ``_raw``)."""
+    string value is not valid UTF-8 or holds a NUL (as for text files; its value then shown as
+    ``0x<hex>`` in ``_raw``)."""
     columns = list(df.columns)
     strings = [c for c in columns if isinstance(df.schema[c].dataType, T.StringType)]
-    valid = [F.coalesce(F.is_valid_utf8(_col(c)), F.lit(True)) for c in strings]
+    valid = [F.coalesce(F.is_valid_utf8(_col(c)) & ~_col(c).contains("\x00"), F.lit(True)) for c in strings]
     all_valid = F.lit(True)
     for v in valid:
         all_valid = all_valid & v

@@ -136,6 +136,11 @@ def test_5core_reconciles_in_lines_and_in_events(spark, tmp_path, monkeypatch):
         "  lines: 4 in = 3 accepted + 1 quarantined", "  events of read lines: 8 in = 7 accepted + 1 quarantined",
         "  items: 4 in = 4 accepted + 0 quarantined"]
     assert (result.rows_in, result.rows_out, result.rows_quarantined) == (13, 11, 2)
+    # The progress line states each unit (it used to say "rows in 13": lines, events and items summed).
+    result.duration_s = 2.0
+    assert result.progress_line() == ("[ingest] lines: 4 in = 3 accepted + 1 quarantined; events of read lines: "
+                                      "8 in = 7 accepted + 1 quarantined; items: 4 in = 4 accepted + 0 quarantined "
+                                      "in 2.0s")
     assert _quarantine(ctx) == [("events", 2, "bad_id"), ("events", 3, "unparsable_line")]
     assert ctx.warehouse.read("events_raw").count() == 7
     # The item "-4" is no id: its event is quarantined once, and it is not accepted as an item either.

@@ -630,6 +630,7 @@ def run_ingest(ctx: RunContext) -> StageResult:
         stage=STAGE, rows_in=rows_out + rows_quarantined, rows_out=rows_out, rows_quarantined=rows_quarantined,
         counts=counts, tables={table: result.version for table, result in written.items()},
         skipped=all(result.skipped for result in written.values()),
+        units="; ".join(line.strip() for line in reconciliation_lines(counts)),
     )
 
 
