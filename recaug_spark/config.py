@@ -721,6 +721,9 @@ class FitConfig(_Section):
     forward_transformer: SequenceGeneratorConfig = SequenceGeneratorConfig(direction="forward")
     item_attributes: AttributeGeneratorConfig = AttributeGeneratorConfig()
     description_index: DescriptionConfig = DescriptionConfig()
+    # With two cores or more, the sequence Transformers train in worker processes while the driver fits
+    # the item generators (the same weights as one after another).
+    parallel: bool = True
 
     @model_validator(mode="after")
     def _directions(self) -> "FitConfig":

@@ -202,3 +202,36 @@ def test_a_refit_of_the_same_data_and_config_reuses_the_artifact(spark, tmp_path
     assert again == first and manifest(again)["trained_on"]["run_id"] == "r1"
     assert fit(rows, cfg.model_copy(update={"epochs": 3}), "r3").version == "v2"
     assert fit(rows[:-1], cfg, "r4").version == "v3"
+
+
+def test_a_transformer_trained_in_a_worker_process_is_the_one_trained_here(spark, tmp_path):
+    """The fit stage trains the Transformers in spawned worker processes on 2+ cores: the artifact
+    (weights, vocabulary, fidelity: every file) is byte-identical to training in the driver."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from conftest import grammar_rows
+
+    from recaug_spark.generators.sequence import (
+        PendingFit,
+        SequenceGeneratorConfig,
+        prepare_sequence_fit,
+        train_windows,
+    )
+
+    frame = spark.createDataFrame(grammar_rows(80, seed=6), "user_id string, item_ids array<string>")
+    cfg = SequenceGeneratorConfig(direction="forward", hidden=8, epochs=3, dropout=0.2, fidelity_users=10)
+
+    def prepared(folder: str) -> PendingFit:
+        pending = prepare_sequence_fit(frame, None, cfg, tmp_path / folder, name="fwd", trained_on={"run_id": "r"})
+        assert isinstance(pending, PendingFit)
+        return pending
+
+    here = prepared("here")
+    in_driver = here.finish(train_windows(*here.train_args()))
+    there = prepared("worker")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        in_worker = there.finish(pool.submit(train_windows, *there.train_args()).result())
+    assert in_worker.content_hash == in_driver.content_hash
+    assert sha256(Path(in_worker.path) / "weights.pt") == sha256(Path(in_driver.path) / "weights.pt")
+    assert manifest(in_worker)["fidelity"]["epochs_trained"] == 3

@@ -65,6 +65,18 @@ def test_the_index_holds_rich_items_and_reports_fidelity(index_ref):
     assert sorted(index.item_ids) == ["kitchen-0", "kitchen-1", "shoes-0", "shoes-1"]
 
 
+def test_executors_and_driver_embed_the_same_rich_items(spark, index_ref, tmp_path):
+    """local_items 0 sends the embedding to the executors (thin items filtered there): same index rows."""
+    cfg = DescriptionConfig(min_words=8, neighbours=2, max_added_words=6, category_terms=3, fidelity_items=4,
+                            local_items=0)
+    ref = fit_description_index(spark.createDataFrame(catalog()), cfg, tmp_path, trained_on={"items": 0})
+    on_driver, on_executors = runtime.load(index_ref), runtime.load(ref)
+    assert on_executors.item_ids == on_driver.item_ids == ["kitchen-0", "kitchen-1", "shoes-0", "shoes-1"]
+    assert np.allclose(on_executors.embeddings.astype(np.float32), on_driver.embeddings.astype(np.float32),
+                       atol=2e-3)
+    assert manifest(ref)["fidelity"]["rich_items"] == 4
+
+
 def expand(index_ref, items, **params):
     op = build_item("describe_expand", params)
     draws = Draws(1, "items/0:0:describe_expand", np.arange(len(items), dtype=np.uint64))

@@ -74,7 +74,9 @@ class SequenceGeneratorConfig(BaseModel):
     validation_share: float = Field(0.1, ge=0, lt=1)  # users left out of training to stop early (0: every epoch)
     batch_size: int = Field(128, ge=1)
     num_threads: int = Field(1, ge=1)  # torch threads while fitting (runtime.torch_threads says why 1)
-    lr: float = Field(1e-3, gt=0)
+    # 3e-3: on the embedded default both Transformers stop after 8 epochs instead of 16-17 with 1e-3,
+    # with a lower held-out loss and higher HR/NDCG@10 (docs/benchmarks.md)
+    lr: float = Field(3e-3, gt=0)
     seed: int = 0
     num_processes: int = Field(1, ge=1)  # > 1: TorchDistributor ranks (local mode)
     fidelity_users: int = Field(500, ge=0)  # users whose held-out item measures HR/NDCG (and identical share)
@@ -267,7 +269,7 @@ def _distributed_rank(inputs, targets, n_items, cfg, held_out=None):
     return None
 
 
-def _train(inputs, targets, n_items, cfg: SequenceGeneratorConfig, held_out=None):
+def train_windows(inputs, targets, n_items, cfg: SequenceGeneratorConfig, held_out=None):
     """(state dict, training summary) of the trained model: in this process, or on ``num_processes``
     TorchDistributor ranks."""
     import torch
@@ -512,15 +514,64 @@ def _early_stopping_split(train_sequences, users, cfg) -> tuple[tuple, tuple | N
     return _windows(train_sequences, cfg.max_len), None
 
 
+@dataclass
+class PendingFit:
+    """A sequence generator's fit prepared on the driver: :meth:`train_args` are what the training
+    needs (arrays and the config: picklable, so it may run in another process, same weights), then
+    :meth:`finish` measures fidelity on the trained weights and saves the artifact."""
+
+    name: str
+    cfg: SequenceGeneratorConfig
+    models_dir: object
+    trained_on: dict
+    fingerprint: str
+    vocabulary: list
+    encoded: list
+    held: np.ndarray
+    evaluation: tuple  # (histories, targets) of the next-item fidelity
+    evaluated_on: str
+    windows: tuple  # (inputs, targets) trained on
+    held_out: tuple | None  # windows of the early-stopping users
+
+    def train_args(self) -> tuple:
+        return (*self.windows, len(self.vocabulary), self.cfg, self.held_out)
+
+    def finish(self, trained: tuple) -> ArtifactRef:
+        state, summary = trained
+        cfg, (inputs, _) = self.cfg, self.windows
+        model_config = {k: getattr(cfg, k) for k in ("hidden", "blocks", "heads", "max_len", "dropout")}
+        rate = repeat_rate(self.encoded)
+        loaded = SequenceGenerator(_build(len(self.vocabulary), model_config, state),
+                                   pa.array(self.vocabulary, pa.string()), cfg.direction, cfg.max_len, rate,
+                                   tag=self.name)
+        fidelity = {"repeat_rate": rate, "train_windows": int(len(inputs)), "items": len(self.vocabulary), **summary,
+                    "held_out_windows": int(len(self.held_out[0])) if self.held_out else 0}
+        histories, targets = self.evaluation
+        fidelity |= ranking_metrics(loaded, histories, np.asarray(targets, dtype=np.int64))
+        fidelity["evaluated_on"] = self.evaluated_on
+        fidelity |= _generation_fidelity(loaded, self.encoded, self.held, len(self.vocabulary), cfg.seed)
+        return _save_sequence(self.models_dir, self.name, cfg, state, model_config, rate, self.vocabulary,
+                              self.trained_on, fidelity, self.fingerprint)
+
+
 def fit_sequence_generator(sequences, valid_targets, cfg: SequenceGeneratorConfig, models_dir, *, name: str,
                            trained_on: dict, reuse: bool = True) -> ArtifactRef:
-    """Train a generator on ``sequences`` (Spark DataFrame of the training split) and save its artifact.
+    """Train a generator on ``sequences`` (Spark DataFrame of the training split) and save its artifact
+    (:func:`prepare_sequence_fit`, training in this process, :meth:`PendingFit.finish`)."""
+    pending = prepare_sequence_fit(sequences, valid_targets, cfg, models_dir, name=name, trained_on=trained_on,
+                                   reuse=reuse)
+    return pending if isinstance(pending, ArtifactRef) else pending.finish(train_windows(*pending.train_args()))
+
+
+def prepare_sequence_fit(sequences, valid_targets, cfg: SequenceGeneratorConfig, models_dir, *, name: str,
+                         trained_on: dict, reuse: bool = True) -> ArtifactRef | PendingFit:
+    """Read and encode what a generator trains on; the artifact to reuse instead, if any.
 
     ``valid_targets`` (``sequence_targets`` rows with split 'valid', or None) measure the forward
     model's next-item fidelity; the reverse model holds out the first item of ``fidelity_users``
     users instead (those items are not trained on). With ``reuse``, an artifact of ``models_dir``
     fitted with the same config on the same data (:func:`~recaug_spark.generators.artifacts.reusable`)
-    is returned instead of fitting again.
+    is returned instead.
     """
     table, valid_pairs = training_table(sequences), _valid_pairs(valid_targets)
     fingerprint = data_fingerprint(table, valid_pairs)
@@ -534,23 +585,13 @@ def fit_sequence_generator(sequences, valid_targets, cfg: SequenceGeneratorConfi
     encoded = encode_sequences(lists, vocabulary, cfg.direction)
     held = _holdout(users, cfg.fidelity_users, cfg.seed)
     train_sequences, eval_histories, eval_targets = _fidelity_split(encoded, users, held, valid_pairs, vocabulary, cfg)
-    (inputs, targets_array), held_out = _early_stopping_split(train_sequences, users, cfg)
-    if len(inputs) == 0:
+    windows, held_out = _early_stopping_split(train_sequences, users, cfg)
+    if len(windows[0]) == 0:
         raise ValueError(f"cannot fit {name}: no training sequence has two items or more")
-    state, summary = _train(inputs, targets_array, len(vocabulary), cfg, held_out)
-
-    model_config = {k: getattr(cfg, k) for k in ("hidden", "blocks", "heads", "max_len", "dropout")}
-    rate = repeat_rate(encoded)
-    loaded = SequenceGenerator(_build(len(vocabulary), model_config, state), pa.array(vocabulary, pa.string()),
-                               cfg.direction, cfg.max_len, rate, tag=name)
-    fidelity = {"repeat_rate": rate, "train_windows": int(len(inputs)), "items": len(vocabulary), **summary,
-                "held_out_windows": int(len(held_out[0])) if held_out else 0}
-    fidelity |= ranking_metrics(loaded, eval_histories, np.asarray(eval_targets, dtype=np.int64))
-    fidelity["evaluated_on"] = "validation targets" if cfg.direction == "forward" and valid_targets is not None \
+    evaluated_on = "validation targets" if cfg.direction == "forward" and valid_targets is not None \
         else "held-out " + ("first" if cfg.direction == "reverse" else "last") + " items"
-    fidelity |= _generation_fidelity(loaded, encoded, held, len(vocabulary), cfg.seed)
-    return _save_sequence(models_dir, name, cfg, state, model_config, rate, vocabulary, trained_on, fidelity,
-                          fingerprint)
+    return PendingFit(name, cfg, models_dir, trained_on, fingerprint, vocabulary, encoded, held,
+                      (eval_histories, eval_targets), evaluated_on, windows, held_out)
 
 
 def _generation_fidelity(loaded: SequenceGenerator, encoded, held, n_items: int, seed: int) -> dict:
@@ -596,7 +637,8 @@ def load_sequence_generator(path: Path, manifest: dict) -> SequenceGenerator:
     import torch
 
     settings = json.loads((path / "model.json").read_text())
-    vocabulary = read_vocabulary(ArtifactRef(manifest["name"], manifest["version"], str(path), manifest["content_hash"]))
+    vocabulary = read_vocabulary(ArtifactRef(manifest["name"], manifest["version"], str(path),
+                                             manifest["content_hash"]))
     state = torch.load(path / "weights.pt", map_location="cpu")
     model = _build(len(vocabulary), settings, state)
     return SequenceGenerator(model, pa.array(vocabulary, pa.string()), settings["direction"], settings["max_len"],

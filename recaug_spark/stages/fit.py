@@ -24,6 +24,7 @@ the best epoch's weights. Each epoch prints a line with the time so far and an E
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +48,9 @@ def _already_fitted(models_dir: str, name: str, run_id: str, config: dict):
 
 
 def _fitters(ctx: RunContext, pinned: dict[str, int]) -> dict[str, tuple[object, Callable]]:
-    """Generator name → (its config, a function fitting it and returning its ArtifactRef)."""
+    """Generator name → (its config, a function fitting it). Given a worker pool, a sequence fitter
+    prepares on the driver, submits the training and returns a callable that waits for it and saves the
+    artifact; otherwise every fitter returns the ArtifactRef."""
     from pyspark.sql import functions as F
 
     cfg = ctx.cfg.fit
@@ -58,23 +61,29 @@ def _fitters(ctx: RunContext, pinned: dict[str, int]) -> dict[str, tuple[object,
         return {"run_id": ctx.run_id, **{table: pinned[table] for table in tables}}
 
     def sequence_fitter(name: str):
-        def fit():
-            from recaug_spark.generators.sequence import fit_sequence_generator
+        def fit(pool=None):
+            from recaug_spark.generators.sequence import PendingFit, prepare_sequence_fit, train_windows
 
             sequences = warehouse.read("sequences", version=pinned["sequences"])
             targets = warehouse.read("sequence_targets", version=pinned["sequence_targets"])
             valid = targets.where(F.col("split") == "valid")
-            return fit_sequence_generator(sequences, valid, getattr(cfg, name), models, name=name,
-                                          trained_on=trained_on("sequences", "sequence_targets"))
+            pending = prepare_sequence_fit(sequences, valid, getattr(cfg, name), models, name=name,
+                                           trained_on=trained_on("sequences", "sequence_targets"))
+            if not isinstance(pending, PendingFit):
+                return pending  # an artifact of the same data and config
+            if pool is None or pending.cfg.num_processes > 1:
+                return pending.finish(train_windows(*pending.train_args()))
+            training = pool.submit(train_windows, *pending.train_args())
+            return lambda: pending.finish(training.result())  # finished once the driver's other fits are done
         return fit
 
-    def attribute_fitter():
+    def attribute_fitter(pool=None):
         from recaug_spark.generators.attributes import fit_attribute_generator
 
         return fit_attribute_generator(warehouse.read("items", version=pinned["items"]), cfg.item_attributes, models,
                                        name="item_attributes", trained_on=trained_on("items"))
 
-    def description_fitter():
+    def description_fitter(pool=None):
         from recaug_spark.generators.text import fit_description_index
 
         return fit_description_index(warehouse.read("items", version=pinned["items"]), cfg.description_index,
@@ -102,35 +111,59 @@ def _fidelity_counts(name: str, fidelity: dict) -> dict[str, int]:
 
 
 def run_fit(ctx: RunContext) -> StageResult:
+    """Fit the chosen generators. With two cores or more, the sequence Transformers train in worker
+    processes (one each, spawned) while the driver fits the item generators: the same weights as one
+    after another in this process (one torch thread each, the same data and seed)."""
     from recaug_spark.generators.artifacts import manifest
 
     cfg = ctx.cfg.fit
     pinned = {table: ctx.read_version(table) for table in ("sequences", "sequence_targets", "items")}  # last clean's
     counts: dict[str, int] = {}
     tables = {f"read:{table}": version for table, version in pinned.items()}
-    fitted = 0
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     chosen = [(name, entry) for name, entry in _fitters(ctx, pinned).items() if name in cfg.generators]
-    for number, (name, (generator_cfg, fit)) in enumerate(chosen, start=1):
-        started = time.perf_counter()
-        config = generator_cfg.model_dump(mode="json")
-        ref = _already_fitted(ctx.models_dir, name, ctx.run_id, config)
-        if ref is None:
-            log(f"[fit] {number}/{len(chosen)} {name}: fitting (or reusing an artifact of the same data and config)")
-            ref = fit()
-            counts[f"reused.{name}"] = int(manifest(ref).get("trained_on", {}).get("run_id") != ctx.run_id)
-            fitted += 1  # by this run id: trained, or reused from an artifact of the same data and config
-        fidelity = manifest(ref).get("fidelity") or {}
-        log(f"[fit] {number}/{len(chosen)} {ref.tag} ({time.perf_counter() - started:.1f}s): {_describe(fidelity)}")
-        counts |= _fidelity_counts(name, fidelity)
-        counts[f"artifact.{name}.version"] = int(ref.version.lstrip("v"))
+    started, refs, fitted = time.perf_counter(), {}, set()
+    with _training_pool(cfg) as pool:
+        for number, (name, (generator_cfg, fit)) in enumerate(chosen, start=1):
+            refs[name] = _already_fitted(ctx.models_dir, name, ctx.run_id, generator_cfg.model_dump(mode="json"))
+            if refs[name] is None:
+                _log(f"[fit] {number}/{len(chosen)} {name}: fitting (or reusing an artifact of the same data "
+                     "and config)")
+                refs[name] = fit(pool)
+                fitted.add(name)  # by this run id: trained, or reused from an artifact of the same data and config
+        for number, (name, _) in enumerate(chosen, start=1):
+            ref = refs[name]() if callable(refs[name]) else refs[name]
+            if name in fitted:
+                counts[f"reused.{name}"] = int(manifest(ref).get("trained_on", {}).get("run_id") != ctx.run_id)
+            fidelity = manifest(ref).get("fidelity") or {}
+            _log(f"[fit] {number}/{len(chosen)} {ref.tag} (done {time.perf_counter() - started:.1f}s into the "
+                 f"stage): {_describe(fidelity)}")
+            counts |= _fidelity_counts(name, fidelity)
+            counts[f"artifact.{name}.version"] = int(ref.version.lstrip("v"))
     counts["generators"] = len(cfg.generators)
     sequences = ctx.warehouse.read("sequences", version=pinned["sequences"]).count()
     return StageResult("fit", rows_in=sequences, rows_out=len(cfg.generators), counts=counts,
-                       tables=tables, skipped=len(cfg.generators) > 0 and fitted == 0)
+                       tables=tables, skipped=len(cfg.generators) > 0 and not fitted)
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _training_pool(cfg):
+    """Worker processes for the sequence Transformers (spawned: no forked JVM gateway or torch thread
+    pools), or None where they train in this process: one core, or ``fit.parallel`` false."""
+    import os
+
+    workers = min(len([g for g in SEQUENCE_GENERATORS if g in cfg.generators]), os.cpu_count() or 1)
+    if not cfg.parallel or workers < 2:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 def _describe(fidelity: dict) -> str:
