@@ -55,11 +55,10 @@ in time order; one vectorized Arrow pass over each partition's whole users
 (:mod:`recaug_spark.stages.clean_steps`: numpy and pyarrow compute, no per-row Python except the
 netting queue of (user, item) pairs with a return) computes duplicates, bots, netting, sessions
 and the split's counts. The annotated frame (needed columns only) is materialized once (a reliable
-checkpoint under the warehouse that survives a lost executor, :func:`materialize`) and feeds the
-counts and all four tables; ``events`` is
+checkpoint under the warehouse that survives a lost executor, :func:`materialize`) and feeds all
+the counts (one aggregation, :func:`_per_user_counts`) and the four tables; ``events`` is
 rebalanced by ``dt`` before its write (one file per day instead of tasks × days small files) and
-``sequences`` are cut from the already clustered, time-ordered users by a second Arrow pass (no
-shuffle, no sort).
+``sequences`` are collected by Spark (arrays sorted by sequence position, no Python round trip).
 """
 
 from __future__ import annotations
@@ -70,7 +69,6 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -245,25 +243,20 @@ def _split_labels(df: DataFrame, cfg: CleanConfig, cutoffs: tuple[int, int] | No
 def build_sequences(df: DataFrame, *, session_column: str = "session_id") -> DataFrame:
     """One row per user with a training part: the time-ordered arrays of their 'train' events.
 
-    ``df`` must be in the per-user pass's layout (:func:`annotate_events`' output, or a filter or
-    projection of it): each user in one partition, rows in time order. The arrays are then cut
-    from each partition in one Arrow pass, with no shuffle or sort (a user out of order raises).
+    ``df``: :func:`split_events`' output (or a filter or projection of it), in any layout. Spark
+    builds the arrays itself (no Python round trip): each user's 'train' events are collected as
+    structs led by ``_seq_pos`` (their position in the sequence, unique and increasing in time order)
+    and sorted by it, so the order is the time order whatever the order of collection. The rows equal
+    :func:`recaug_spark.stages.clean_steps.sequences_of` on the same events
+    (tests/test_clean_speed_digest.py).
     """
-    train = df.where(F.col("split") == "train").select(
-        "user_id", "item_id", "ts", "event_type", F.col(session_column).alias("session_id"), "country", "device",
+    fields = [(name, session_column if source == "session_id" else source) for name, source in steps.SEQUENCE_FIELDS]
+    structs = F.struct(F.col(_POS), *[F.col(source).alias(name) for name, source in fields])
+    events = F.sort_array(F.collect_list(structs))
+    sequences = df.where(F.col("split") == "train").groupBy("user_id").agg(events.alias("_events")).select(
+        "user_id", *[F.col(f"_events.{name}").alias(name) for name, _ in fields], F.size("_events").alias("length"),
     )
-
-    def sequences_of_partition(batches):
-        last_user = None
-        for table in steps.whole_users(batches):
-            sequences = steps.sequences_of(table)
-            first = sequences["user_id"][0].as_py()
-            if last_user is not None and first <= last_user:  # str order = Spark's for these ids
-                raise ValueError(f"build_sequences: user {first!r} after {last_user!r}: input not in per-user order")
-            last_user = sequences["user_id"][-1].as_py()
-            yield from sequences.to_batches()
-
-    return conform(train.mapInArrow(sequences_of_partition, SEQUENCES), SEQUENCES)
+    return conform(sequences, SEQUENCES)
 
 
 def build_targets(df: DataFrame) -> DataFrame:
@@ -421,23 +414,30 @@ def release(materialized: DataFrame) -> None:
     materialized._jdf.logicalPlan().rdd().unpersist(False)
 
 
-def _per_user_counts(kept_events: DataFrame, cfg: CleanConfig) -> Row:
-    """users, sequences (users with a training part), valid and test targets, and the users whose
-    history ``clean.max_sequence_length`` capped (``capped``) with the oldest events it left out of
-    their sequence (``beyond_cap``; their held-out targets are the last events either way): one
-    aggregation."""
+def _per_user_counts(events: DataFrame, cfg: CleanConfig) -> Row:
+    """users (with a kept event), sequences (users with a training part), valid and test targets, and
+    the users whose history ``clean.max_sequence_length`` capped (``capped``) with the oldest events it
+    left out of their sequence (``beyond_cap``; their held-out targets are the last events either way);
+    and, over every row of ``events``: ``rows``, ``kept``, one ``removed_<reason>`` per :data:`REASONS`
+    and ``unknown`` (rows with a reason not in it). One aggregation (an action), so the stage reads
+    its annotated events once for all its counts."""
     cap = F.lit(cfg.max_sequence_length)
     total = lambda name: F.coalesce(F.sum(name), F.lit(0)).alias(name)  # noqa: E731
-    return kept_events.groupBy("user_id").agg(
+    reasons = {f"removed_{reason}": F.col(REASON) == reason for reason in REASONS}
+    reasons["unknown"] = F.col(REASON).isNotNull() & ~F.col(REASON).isin(*REASONS)
+    return events.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("rows"), F.sum(_alive().cast("long")).alias("kept"),
+        *[F.sum(when.cast("long")).alias(name) for name, when in reasons.items()],
         F.max((F.col("split") == "train").cast("int")).alias("seq"),
         F.sum((F.col("split") == "valid").cast("int")).alias("valid"),
         F.sum((F.col("split") == "test").cast("int")).alias("test"),
         F.sum(_is_sequence_event(cfg)).alias("n_seq"),
     ).agg(
-        F.count(F.lit(1)).alias("users"), F.coalesce(F.sum("seq"), F.lit(0)).alias("sequences"),
-        total("valid"), total("test"),
+        F.coalesce(F.sum((F.col("kept") > 0).cast("long")), F.lit(0)).alias("users"),
+        F.coalesce(F.sum("seq"), F.lit(0)).alias("sequences"), total("valid"), total("test"),
         F.sum((F.col("n_seq") > cap).cast("long")).alias("capped"),
         F.coalesce(F.sum(F.greatest(F.col("n_seq") - cap, F.lit(0))), F.lit(0)).alias("beyond_cap"),
+        *[total(name) for name in ("rows", "kept", *reasons)],
     ).first()
 
 
@@ -489,20 +489,16 @@ def _clean_outputs(ctx: RunContext, raw: DataFrame, rows_in: int, items_raw: Dat
     """Annotate, reconcile and write the four tables (inside the stage's checkpoint folder)."""
     cfg, txn = ctx.cfg.clean, ctx.txn(STAGE)
     checkpoints: list[DataFrame] = []
-    items = None
     try:
         annotated = _annotated(raw, cfg, partitions, checkpoints)
         removal, per_user = _reconciled_counts(annotated, rows_in, cfg)
         kept_events = annotated.where(_alive())
-        items = canonical_items(items_raw, kept_events).persist(StorageLevel.MEMORY_AND_DISK)
-        with _timed("items"):
-            item_count = items.count()
-        written = _write_outputs(ctx.warehouse, kept_events, items, txn)
+        written = _write_outputs(ctx.warehouse, kept_events, canonical_items(items_raw, kept_events), txn)
     finally:
         for done in checkpoints:
             release(done)
-        if items is not None:
-            items.unpersist()
+    items = written["items"]
+    item_count = items.rows if items.rows >= 0 and not items.skipped else ctx.warehouse.read("items").count()
     return _result(rows_in, removal, per_user, item_count, written)
 
 
@@ -539,12 +535,16 @@ def _annotated(raw: DataFrame, cfg: CleanConfig, partitions: int, checkpoints: l
 
 
 def _reconciled_counts(annotated: DataFrame, rows_in: int, cfg: CleanConfig) -> tuple[dict[str, int], Row]:
-    """(:func:`removal_counts`, per-user counts) of the annotated events; raises unless every input
-    event is either kept or removed for exactly one reason."""
-    with _timed("removal counts"):
-        removal = removal_counts(annotated)
-    with _timed("per-user counts"):
-        per_user = _per_user_counts(annotated.where(_alive()), cfg)
+    """(removal counts as :func:`removal_counts` gives them, per-user counts) of the annotated events,
+    from one aggregation (:func:`_per_user_counts`); raises unless every input event is either kept
+    or removed for exactly one reason."""
+    with _timed("counts"):
+        per_user = _per_user_counts(annotated, cfg)
+    if per_user.unknown:
+        bad = annotated.where(F.col(REASON).isNotNull() & ~F.col(REASON).isin(*REASONS)).first()[REASON]
+        raise RuntimeError(f"unknown removal reason {bad!r}; known: {list(REASONS)}")
+    removal = {"rows": per_user.rows, "kept": per_user.kept,
+               **{f"removed.{reason}": per_user[f"removed_{reason}"] for reason in REASONS}}
     removed = sum(v for k, v in removal.items() if k.startswith("removed."))
     rows_out = removal["kept"]
     if removal["rows"] != rows_in or rows_in != rows_out + removed:
