@@ -661,9 +661,10 @@ def _write_bronze(ctx: RunContext, cfg, events: DataFrame | None, items: DataFra
             written["items_raw"] = ctx.warehouse.write("items_raw", accepted_items, mode="overwrite", txn=txn)
             rejected = quarantine_rows(items, run_id=ctx.run_id, table="items")
             quarantined = sum(n for r, n in item_counts.items() if r is not None)
-            if events is not None:
+            rejected_events = sum(n for r, n in tally.by_reason.items() if r is not None) if tally else 0
+            if rejected_events:  # the write's tally says whether the source needs a second pass at all
                 rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(rejected)
-                quarantined += sum(n for r, n in tally.by_reason.items() if r is not None)
+                quarantined += rejected_events
             written["quarantine"] = ctx.warehouse.write("quarantine", rejected.coalesce(_files_for(quarantined)),
                                                         mode="append", txn=txn)
     finally:
