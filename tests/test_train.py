@@ -212,6 +212,36 @@ def test_pinned_files_filter_chains_from_the_log_and_pin_versions(synthetic):
         pinned_files(synthetic["targets_uri"], chains=["real"])
 
 
+def test_the_same_rows_read_the_same_whatever_the_file_layout(tmp_path):
+    """A model trains on what read_sequences returns: the same rows spread over other files, in
+    another order, give identical sequences (keys, offsets, items), so a table written with more or
+    fewer partitions trains the same model. Before, rows came in file and row order."""
+    import pyarrow.parquet as pq
+
+    rng = random.Random(3)
+    rows = [{"sequence_id": f"u{u:02d}" + ("" if c == 0 else f"~b{c}:0"), "user_id": f"u{u:02d}",
+             "item_ids": [f"i{rng.randrange(20)}" for _ in range(rng.randrange(1, 6))]}
+            for u in range(30) for c in range(3)]
+
+    def layout(name: str, chunks: list[list[dict]]) -> list[DataFile]:
+        files = []
+        for i, chunk in enumerate(chunks):
+            path = tmp_path / f"{name}-{i}.parquet"
+            pq.write_table(pa.Table.from_pylist(chunk), path)
+            files.append(DataFile(str(path), len(chunk), path.stat().st_size))
+        return files
+
+    shuffled = rows[:]
+    rng.shuffle(shuffled)
+    vocab = Vocabulary({i for r in rows for i in r["item_ids"]})
+    one = read_sequences(layout("one", [rows]), vocab)
+    three = read_sequences(layout("three", [shuffled[:40], shuffled[40:41], shuffled[41:]]), vocab)
+    assert one.keys.to_pylist() == three.keys.to_pylist() == sorted(r["user_id"] for r in rows)
+    assert np.array_equal(one.offsets, three.offsets) and np.array_equal(one.items, three.items)
+    first = sorted(rows, key=lambda r: r["sequence_id"])[0]
+    assert [vocab.items[i - 1] for i in one.items[:one.offsets[1]]] == first["item_ids"]
+
+
 def test_vocabulary_round_trip_and_mask_token(tmp_path):
     vocab = Vocabulary(["b", "a", "c", "[mask]"])
     assert vocab.n_items == 3 and vocab.size == 5

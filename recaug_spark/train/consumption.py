@@ -60,11 +60,11 @@ def _epoch_loss(inputs, epoch: int):
 
 
 def _per_row(values: np.ndarray, inputs, what: str) -> np.ndarray:
-    """``values`` (one per sequence read, in file order) for each training row of ``inputs.data``."""
+    """``values`` (one per row of the files, in file order) for each training row of ``inputs.data``."""
     if len(values) != len(inputs.sequences):
         raise TrainDataError(f"{what}: {len(values)} values for {len(inputs.sequences)} sequences read; the files' "
                              "row counts in the Delta log disagree with their contents")
-    return values[inputs.data.sequence_rows]
+    return inputs.sequences.in_file_order(values)[inputs.data.sequence_rows]
 
 
 def weighted_objective(row_weights: np.ndarray):

@@ -205,20 +205,37 @@ class Sequences:
     offsets: np.ndarray  # int64 [n + 1]
     items: np.ndarray  # int64 item indices
     dropped_items: int = 0  # occurrences of ids not in the vocabulary
+    # Sequence i was row file_rows[i] of the files in read order (read_sequences sorts them); None: the same
+    file_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def in_file_order(self, values: np.ndarray) -> np.ndarray:
+        """``values`` given per row of the files in read order (e.g. from their Delta row counts),
+        rearranged to one per sequence."""
+        return values if self.file_rows is None else values[self.file_rows]
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
 
+ORDER_COLUMN = "sequence_id"  # unique per row of an augmented sequence table
+
+
 def read_sequences(files: Iterable[DataFile], vocabulary: Vocabulary, *, key_column: str = "user_id",
                    batch_size: int = 8_192) -> Sequences:
-    """Read and encode the ``item_ids`` of ``files`` (streamed; only two columns are read)."""
-    keys, offsets, items, dropped, total = [], [np.zeros(1, np.int64)], [], 0, 0
-    for batch in iter_batches(files, [key_column, "item_ids"], batch_size):
+    """Read and encode the ``item_ids`` of ``files`` (streamed; only the columns needed are read).
+
+    The sequences come in ``sequence_id`` order (``key_column`` order where a file lacks it; the sort
+    is stable): the same rows give the same ``Sequences`` however the writer spread them over files
+    and row groups, so what a model trains on never depends on the tables' physical layout."""
+    files = list(files)
+    order_column = ORDER_COLUMN if files and all(ORDER_COLUMN in _open(f.path).schema_arrow.names for f in files) \
+        else key_column
+    keys, order, offsets, items, dropped, total = [], [], [np.zeros(1, np.int64)], [], 0, 0
+    for batch in iter_batches(files, list(dict.fromkeys([key_column, "item_ids", order_column])), batch_size):
         lists = batch.column("item_ids")
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         encoded = vocabulary.encode(pc.list_flatten(lists))
@@ -229,15 +246,22 @@ def read_sequences(files: Iterable[DataFile], vocabulary: Vocabulary, *, key_col
             dropped += int((~keep).sum())
             encoded = encoded[keep]
         keys.append(batch.column(key_column))
+        order.append(batch.column(order_column))
         offsets.append(total + np.cumsum(lengths))
         total += int(lengths.sum())
         items.append(encoded)
-    return Sequences(
+    read = Sequences(
         keys=pa.concat_arrays([pa.array(k) for k in keys]) if keys else pa.array([], pa.string()),
         offsets=np.concatenate(offsets),
         items=np.concatenate(items) if items else np.zeros(0, np.int64),
         dropped_items=dropped,
     )
+    if not order:
+        return read
+    rows = pc.sort_indices(pa.chunked_array(order)).to_numpy()
+    sorted_offsets, sorted_items = gather(read.offsets, read.items, rows)
+    return Sequences(keys=read.keys.take(pa.array(rows)), offsets=sorted_offsets, items=sorted_items,
+                     dropped_items=dropped, file_rows=rows)
 
 
 def read_targets(uri: str, version: int | None = None) -> pa.Table:
