@@ -188,8 +188,8 @@ MESSY = (
 
 
 def test_every_removed_event_has_exactly_one_reason(spark):
-    annotated = C.clean_events(frame(spark, MESSY), CleanConfig(kcore=2))
-    counts = C.removal_counts(annotated)
+    cfg = CleanConfig(kcore=2)
+    counts = C.removal_counts(C._per_user_counts(C.clean_events(frame(spark, MESSY), cfg), cfg))
     removed = {k: v for k, v in counts.items() if k.startswith("removed.")}
     assert counts["rows"] == len(MESSY) == counts["kept"] + sum(removed.values())
     assert removed == {

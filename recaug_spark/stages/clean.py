@@ -335,20 +335,11 @@ def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
     ])
 
 
-def removal_counts(df: DataFrame) -> dict[str, int]:
-    """``{"rows": all events, "kept": kept events, "removed.<reason>": n for every reason}``
-    from one aggregation (an action)."""
-    counts = {f"removed.{reason}": 0 for reason in REASONS}
-    total = kept = 0
-    for row in df.groupBy(REASON).agg(F.count(F.lit(1)).alias("n")).collect():
-        total += row.n
-        if row[REASON] is None:
-            kept += row.n
-        elif row[REASON] in REASONS:
-            counts[f"removed.{row[REASON]}"] = row.n
-        else:
-            raise RuntimeError(f"unknown removal reason {row[REASON]!r}; known: {list(REASONS)}")
-    return {"rows": total, "kept": kept, **counts}
+def removal_counts(per_user: Row) -> dict[str, int]:
+    """``{"rows": all events, "kept": kept events, "removed.<reason>": n for every reason}`` from the
+    one aggregation :func:`_per_user_counts` makes (no action of its own)."""
+    return {"rows": int(per_user.rows), "kept": int(per_user.kept),
+            **{f"removed.{reason}": int(per_user[f"removed_{reason}"]) for reason in REASONS}}
 
 
 def annotate_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None = None) -> DataFrame:
@@ -535,7 +526,7 @@ def _annotated(raw: DataFrame, cfg: CleanConfig, partitions: int, checkpoints: l
 
 
 def _reconciled_counts(annotated: DataFrame, rows_in: int, cfg: CleanConfig) -> tuple[dict[str, int], Row]:
-    """(removal counts as :func:`removal_counts` gives them, per-user counts) of the annotated events,
+    """(:func:`removal_counts`, per-user counts) of the annotated events,
     from one aggregation (:func:`_per_user_counts`); raises unless every input event is either kept
     or removed for exactly one reason."""
     with _timed("counts"):
@@ -543,8 +534,7 @@ def _reconciled_counts(annotated: DataFrame, rows_in: int, cfg: CleanConfig) -> 
     if per_user.unknown:
         bad = annotated.where(F.col(REASON).isNotNull() & ~F.col(REASON).isin(*REASONS)).first()[REASON]
         raise RuntimeError(f"unknown removal reason {bad!r}; known: {list(REASONS)}")
-    removal = {"rows": per_user.rows, "kept": per_user.kept,
-               **{f"removed.{reason}": per_user[f"removed_{reason}"] for reason in REASONS}}
+    removal = removal_counts(per_user)
     removed = sum(v for k, v in removal.items() if k.startswith("removed."))
     rows_out = removal["kept"]
     if removal["rows"] != rows_in or rows_in != rows_out + removed:

@@ -77,13 +77,13 @@ def _fitters(ctx: RunContext, pinned: dict[str, int]) -> dict[str, tuple[object,
             return lambda: pending.finish(training.result())  # finished once the driver's other fits are done
         return fit
 
-    def attribute_fitter(pool=None):
+    def attribute_fitter(_pool=None):  # fitted in this process: the pool is for sequence models
         from recaug_spark.generators.attributes import fit_attribute_generator
 
         return fit_attribute_generator(warehouse.read("items", version=pinned["items"]), cfg.item_attributes, models,
                                        name="item_attributes", trained_on=trained_on("items"))
 
-    def description_fitter(pool=None):
+    def description_fitter(_pool=None):
         from recaug_spark.generators.text import fit_description_index
 
         return fit_description_index(warehouse.read("items", version=pinned["items"]), cfg.description_index,

@@ -112,11 +112,16 @@ def _open(path: str) -> pq.ParquetFile:
 
 def iter_batches(files: Iterable[DataFile], columns: Sequence[str], batch_size: int = 8_192) -> Iterator[pa.RecordBatch]:
     """Stream record batches of ``columns`` from ``files`` (partition columns are not in the files)."""
-    for f in files:
-        parquet = _open(f.path)
+    return _batches_of(((f.path, _open(f.path)) for f in files), columns, batch_size)
+
+
+def _batches_of(opened: Iterable[tuple[str, pq.ParquetFile]], columns: Sequence[str],
+                batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``columns`` from already opened ``(path, file)`` pairs."""
+    for path, parquet in opened:
         missing = [c for c in columns if c not in parquet.schema_arrow.names]
         if missing:
-            raise TrainDataError(f"{f.path} has no column(s) {missing}; it has {parquet.schema_arrow.names}")
+            raise TrainDataError(f"{path} has no column(s) {missing}; it has {parquet.schema_arrow.names}")
         yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns))
 
 
@@ -231,11 +236,11 @@ def read_sequences(files: Iterable[DataFile], vocabulary: Vocabulary, *, key_col
     The sequences come in ``sequence_id`` order (``key_column`` order where a file lacks it; the sort
     is stable): the same rows give the same ``Sequences`` however the writer spread them over files
     and row groups, so what a model trains on never depends on the tables' physical layout."""
-    files = list(files)
-    order_column = ORDER_COLUMN if files and all(ORDER_COLUMN in _open(f.path).schema_arrow.names for f in files) \
+    opened = [(f.path, _open(f.path)) for f in files]  # each footer read once
+    order_column = ORDER_COLUMN if opened and all(ORDER_COLUMN in p.schema_arrow.names for _, p in opened) \
         else key_column
     keys, order, offsets, items, dropped, total = [], [], [np.zeros(1, np.int64)], [], 0, 0
-    for batch in iter_batches(files, list(dict.fromkeys([key_column, "item_ids", order_column])), batch_size):
+    for batch in _batches_of(opened, list(dict.fromkeys([key_column, "item_ids", order_column])), batch_size):
         lists = batch.column("item_ids")
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         encoded = vocabulary.encode(pc.list_flatten(lists))
