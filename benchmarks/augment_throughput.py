@@ -595,6 +595,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="interleaved rounds of the one-core part (medians reported)")
     parser.add_argument("--arrow-pool", choices=("default", "system", "jemalloc", "mimalloc"), default="default",
                         help="Arrow memory pool of the one-core part, both sides (default: pyarrow's)")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark setting (repeatable), e.g. spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL=mimalloc")
     parser.add_argument("--heavy-users", type=int, default=10)
     parser.add_argument("--heavy-events", type=int, default=100_000, help="events of each heavy user")
     parser.add_argument("--skip-python-baseline", action="store_true")
@@ -637,7 +639,8 @@ def main(argv=None) -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recaug-augbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     spark = get_session(SparkConfig(master=args.master, app_name="recaug-augment-bench", driver_memory="8g",
-                                    shuffle_partitions=8, ui=False, local_ip="127.0.0.1"))
+                                    shuffle_partitions=8, ui=False, local_ip="127.0.0.1",
+                                    conf=dict(setting.split("=", 1) for setting in args.spark_conf)))
     report: dict = {"events": args.events, "master": args.master, "repeats": args.repeats}
     try:
         cores = spark.sparkContext.defaultParallelism

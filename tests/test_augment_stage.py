@@ -258,3 +258,14 @@ def test_incremental_run_replaces_exactly_the_changed_users_rows(spark, tmp_path
         else:
             assert row == before[key] and row.run_id == "first"
     assert not any(r.user_id == "u002" for r in after.values())
+
+
+def test_python_workers_allocate_arrow_buffers_from_the_system_heap(spark):
+    # session.py sets it for every executor's Python workers (the ≥ 20× vectorized figure of
+    # docs/benchmarks.md is measured with that pool); a user's spark.conf may still override it.
+    def backend(_):
+        import pyarrow as pa
+
+        yield pa.default_memory_pool().backend_name
+
+    assert spark.sparkContext.parallelize([0], 1).mapPartitions(backend).collect() == ["system"]

@@ -272,6 +272,17 @@ def test_rank_correlation_and_best_record_on_known_rows():
     assert math.isnan(H.rank_correlation(rows[:2])["rho"])
 
 
+def test_the_report_warns_when_proxies_stopped_at_their_epoch_cap():
+    from recaug_spark.tune.report import proxy_cap_line
+
+    rows = [{"trial": i, "state": state, "proxy_cap_hit": cap}
+            for i, (state, cap) in enumerate([("COMPLETE", True), ("COMPLETE", False), ("PRUNED", None)])]
+    rows.append({"trial": -1, "state": "COMPLETE", "proxy_cap_hit": True})  # the baseline: not a proxy trial
+    assert proxy_cap_line(rows).startswith("Proxy trials stopped by the epoch cap: 1 of 2 complete. **Warning:**")
+    converged = [dict(r, proxy_cap_hit=False) for r in rows]
+    assert proxy_cap_line(converged) == "Proxy trials stopped by the epoch cap: 0 of 2 complete."
+
+
 def test_a_trial_reports_the_trainers_exact_validation_scores_and_a_prune_stops_it(tmp_path):
     """The evaluator reports through the trainer's ``on_epoch`` callback: the scores are the metrics
     themselves (not the log line's 4-decimal text), and the pruning exception ends the trial at that

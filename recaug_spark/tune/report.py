@@ -107,6 +107,19 @@ def correlation_line(records: Sequence[dict]) -> str:
     return f"Proxy-to-full Spearman rank correlation: ρ = {c['rho']:+.2f} (p = {c['p']:.2g}) over {c['n']} policies."
 
 
+def proxy_cap_line(records: Sequence[dict]) -> str:
+    """How many complete proxy trials stopped at their epoch cap rather than by validation patience.
+    A capped proxy ranks how fast a policy learns, not how good it is once converged (the full runs
+    stop by patience), so the line warns when any did."""
+    complete = [r for r in records if r["trial"] >= 0 and r["state"] == "COMPLETE"]
+    capped = sum(bool(r["proxy_cap_hit"]) for r in complete)
+    line = f"Proxy trials stopped by the epoch cap: {capped} of {len(complete)} complete."
+    if capped:
+        line += (" **Warning:** a capped proxy ranks early learning, not converged quality; raise "
+                 "tune.budget.proxy_epochs until patience stops the proxies.")
+    return line
+
+
 def confirmation_section(folder: Path) -> str:
     """The test table of ``recaug tune --confirm`` (paired by seed), or a line saying it has not run."""
     path = folder / CONFIRM_FILE
@@ -144,6 +157,8 @@ def render_report(
         validation_table(records, metric),
         "",
         correlation_line(records),
+        "",
+        proxy_cap_line(records),
         "",
         f"![score per trial]({plot})",
         "",
