@@ -49,10 +49,11 @@ shared, noisy machine where absolute seconds do not (interleaved rounds, best of
                  schema, and both sides' output rows and events are checked equal. Times are process
                  CPU seconds, sides interleaved for ``--core-repeats`` rounds;
                  the speedup is the ratio of the two sides' medians (the best-of ratio is reported
-                 too), so other load on a shared machine counts little. ``--arrow-pool system``
-                 makes glibc's malloc the Arrow memory pool of the whole one-core part, both sides
-                 (pyarrow's default is mimalloc; ``ARROW_DEFAULT_MEMORY_POOL=system`` does the same
-                 for a Spark Python worker). Target: ≥ 20× for the default pipeline.
+                 too), so other load on a shared machine counts little. Both sides allocate Arrow
+                 buffers from glibc's malloc (``--arrow-pool system``, the default), the pool the
+                 stage's Spark Python workers use (``recaug_spark/session.py`` sets
+                 ``ARROW_DEFAULT_MEMORY_POOL=system``); ``--arrow-pool mimalloc`` measures pyarrow's
+                 own default. Target: ≥ 20× for the default pipeline.
 
 The default pipeline is the random operators only: ``AugmentConfig``'s crop, mask and reorder
 branches with their default parameters (``default_config``). Not ``AugmentConfig()`` itself: its
@@ -521,7 +522,7 @@ def python_run(batches: list[pa.RecordBatch], branches, steps, cfg: AugmentConfi
 
 
 def one_core(spark, source: Path, events: int, configs: dict[str, AugmentConfig], repeats: int,
-             with_python: bool, arrow_pool: str = "default") -> dict:
+             with_python: bool, arrow_pool: str = "system") -> dict:
     """Stage function vs per-row Python function, Arrow batches in → Arrow batches out, one core,
     same sample, ``repeats`` interleaved rounds: seconds and speedup from the medians (best also kept)."""
     pa.set_cpu_count(1)
@@ -593,8 +594,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sample for the one-core vectorized vs per-row Python part (capped at --events)")
     parser.add_argument("--core-repeats", type=int, default=7,
                         help="interleaved rounds of the one-core part (medians reported)")
-    parser.add_argument("--arrow-pool", choices=("default", "system", "jemalloc", "mimalloc"), default="default",
-                        help="Arrow memory pool of the one-core part, both sides (default: pyarrow's)")
+    parser.add_argument("--arrow-pool", choices=("default", "system", "jemalloc", "mimalloc"), default="system",
+                        help="Arrow memory pool of the one-core part, both sides (default: system, as the "
+                             "stage's workers; 'default': pyarrow's own)")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Spark setting (repeatable), e.g. spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL=mimalloc")
     parser.add_argument("--heavy-users", type=int, default=10)
