@@ -142,5 +142,6 @@ def test_property_no_crash_every_byte_accounted_accepted_text_verbatim(pieces, r
             continue  # its text shows invalid bytes as \xNN
         text = r.raw.encode("utf-8")
         assert data[r.offset:r.offset + len(text)] == text  # the record's text is the source's bytes
-        # input = accepted + quarantined: between two records only line breaks and blank lines
-        assert data[r.offset + len(text):end].strip(b" \t\r\n") == b""
+        # input = accepted + quarantined: between two records only line breaks and blank lines (a
+        # line of only ASCII whitespace, \x0b and \x0c included, is blank: text_reader._ASCII_SPACE)
+        assert data[r.offset + len(text):end].strip() == b""
