@@ -67,6 +67,7 @@ import os
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -206,33 +207,16 @@ def pseudonym(value: str, key: bytes, kind: str = "user_id") -> str:
     return _digest(pseudonym_subkey(key, kind), value)
 
 
-def _padded_keys(subkey: bytes) -> tuple[bytes, bytes]:
-    """HMAC-SHA256's inner and outer keys (RFC 2104: the key, zero-padded to the 64-byte block, ⊕ ipad / opad)."""
-    import hashlib
+def _hash_udf(subkey: bytes):
+    """A pandas UDF hashing one id column; ``subkey`` lives only in its closure."""
 
-    block = (hashlib.sha256(subkey).digest() if len(subkey) > 64 else subkey).ljust(64, b"\0")
-    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+    def pseudonym_of(values: pd.Series) -> pd.Series:
+        # Hash each distinct id of the batch once (users repeat across their events).
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        hashed = np.array([_digest(subkey, v) for v in uniques] + [None], dtype=object)
+        return pd.Series(hashed[codes], index=values.index, dtype=object)  # code -1 → the trailing None
 
-
-def hmac_hex(inner_key: Column, outer_key: Column, value: Column) -> Column:
-    """:func:`_digest` as Spark expressions: HMAC(K, m) = H((K ⊕ opad) ‖ H((K ⊕ ipad) ‖ m)) of ``value``'s
-    UTF-8 bytes, the first :data:`PSEUDONYM_HEX_CHARS` hex characters; null stays null. The ids never
-    leave the JVM (no Python worker, no Arrow round trip per row)."""
-    inner = F.unhex(F.sha2(F.concat(inner_key, F.encode(value, "UTF-8")), 256))
-    return F.substring(F.sha2(F.concat(outer_key, inner), 256), 1, PSEUDONYM_HEX_CHARS)
-
-
-def _with_padded_keys(frame: DataFrame, subkeys: Mapping[str, bytes]) -> DataFrame:
-    """``frame`` with columns ``_inner_<kind>`` / ``_outer_<kind>`` holding each subkey's padded keys,
-    from a broadcast one-row frame: as data, not literals, so no key appears in a query plan (the
-    Spark UI, event logs)."""
-    columns, values = [], []
-    for kind, subkey in subkeys.items():
-        columns += [f"_inner_{kind}", f"_outer_{kind}"]
-        values += [bytearray(key) for key in _padded_keys(subkey)]
-    schema = T.StructType([T.StructField(name, T.BinaryType(), False) for name in columns])
-    keys = frame.sparkSession.createDataFrame([tuple(values)], schema)
-    return frame.crossJoin(F.broadcast(keys))
+    return F.pandas_udf(pseudonym_of, T.StringType())
 
 
 def _scrub_udf(user_subkey: bytes, session_subkey: bytes):
@@ -267,6 +251,7 @@ def pseudonymize_checked(checked: DataFrame, key: bytes, *, redact_unparsable: b
     unparsable line is reduced to its length when ``redact_unparsable``.
     """
     user_subkey, session_subkey = pseudonym_subkey(key, "user_id"), pseudonym_subkey(key, "session_id")
+    hash_user, hash_session = _hash_udf(user_subkey), _hash_udf(session_subkey)
     scrub = _scrub_udf(user_subkey, session_subkey)
     scrubbed = scrub(F.col("raw"), F.col("user_id"), F.col("session_id"))
     redacted = F.format_string(
@@ -279,10 +264,8 @@ def pseudonymize_checked(checked: DataFrame, key: bytes, *, redact_unparsable: b
     unlocated = reason.isin(*_READING_REASONS) & F.col("user_id").isNull() & F.col("session_id").isNull()
     raw = F.when(reason.isNull(), F.lit(None).cast("string"))
     raw = raw.when(unlocated, redacted if redact_unparsable else scrubbed).otherwise(scrubbed)
-    replaced = {kind: hmac_hex(F.col(f"_inner_{kind}"), F.col(f"_outer_{kind}"), F.col(kind))
-                for kind in ("user_id", "session_id")} | {"raw": raw}
-    keyed = _with_padded_keys(checked, {"user_id": user_subkey, "session_id": session_subkey})
-    return keyed.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in checked.columns])
+    replaced = {"user_id": hash_user(F.col("user_id")), "session_id": hash_session(F.col("session_id")), "raw": raw}
+    return checked.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in checked.columns])
 
 
 # --------------------------------------------------------------------------------------------
