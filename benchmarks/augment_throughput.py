@@ -579,6 +579,14 @@ def parse_scales(text: str) -> list[int]:
     return sorted({int(float(part)) for part in text.split(",") if part.strip()})
 
 
+def _setting(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--spark-conf`` as a pair."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=DEFAULT_PIPELINE_HELP)
     parser.add_argument("--events", type=int, default=10_000_000, help="main scale (events in sequences)")
@@ -597,8 +605,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arrow-pool", choices=("default", "system", "jemalloc", "mimalloc"), default="system",
                         help="Arrow memory pool of the one-core part, both sides (default: system, as the "
                              "stage's workers; 'default': pyarrow's own)")
-    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra Spark setting (repeatable), e.g. spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL=mimalloc")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                        help="extra Spark setting (repeatable), e.g. "
+                             "spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL=mimalloc")
     parser.add_argument("--heavy-users", type=int, default=10)
     parser.add_argument("--heavy-events", type=int, default=100_000, help="events of each heavy user")
     parser.add_argument("--skip-python-baseline", action="store_true")
@@ -642,7 +651,7 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     spark = get_session(SparkConfig(master=args.master, app_name="recaug-augment-bench", driver_memory="8g",
                                     shuffle_partitions=8, ui=False, local_ip="127.0.0.1",
-                                    conf=dict(setting.split("=", 1) for setting in args.spark_conf)))
+                                    conf=dict(args.spark_conf)))
     report: dict = {"events": args.events, "master": args.master, "repeats": args.repeats}
     try:
         cores = spark.sparkContext.defaultParallelism

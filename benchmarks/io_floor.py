@@ -58,6 +58,8 @@ def main(argv=None) -> None:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recaug-bench-"))
     cfg = load_config(overrides=[
@@ -100,16 +102,26 @@ class StageRounds:
     of the quarantine the stage writes."""
 
     def __init__(self, spark, cfg):
+        import uuid
+
         self.spark, self.cfg, self.round = spark, cfg, 0
+        self.prefix = f"bench-{uuid.uuid4().hex[:8]}"  # a reused --workdir holds earlier runs' ids
         self.results: dict[str, list] = {"ingest": [], "clean": []}
-        first = timed(_stage("ingest"), RunContext.create(spark, cfg, run_id="bench-warmup"))
+        first = self._timed("ingest", "warmup")
         self.quarantined = sum(v for k, v in first.counts.items() if k.startswith("quarantine."))
 
     def run(self, name: str) -> None:
+        """Ingest opens a round, clean reads that round's ingest (the last complete one)."""
         if name == "ingest":
             self.round += 1
-        ctx = RunContext.create(self.spark, self.cfg, run_id=f"bench-{self.round}")
-        self.results[name].append(timed(_stage(name), ctx))
+        self.results[name].append(self._timed(name, str(self.round)))
+
+    def _timed(self, name: str, round_id: str):
+        result = timed(_stage(name), RunContext.create(self.spark, self.cfg, run_id=f"{self.prefix}-{round_id}"))
+        if result.skipped or result.concurrent:
+            raise RuntimeError(f"{name} of round {round_id} did not run ({result.concurrent or 'skipped'}): "
+                               "its time would not be a stage's")
+        return result
 
     def best(self, name: str):
         """The fastest round's result (``duration_s``: the stage as ``runs.timed`` timed it)."""

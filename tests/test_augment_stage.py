@@ -268,4 +268,5 @@ def test_python_workers_allocate_arrow_buffers_from_the_system_heap(spark):
 
         yield pa.default_memory_pool().backend_name
 
+    assert spark.conf.get("spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL") == "system"  # set by session.py
     assert spark.sparkContext.parallelize([0], 1).mapPartitions(backend).collect() == ["system"]

@@ -337,7 +337,8 @@ def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
 
 def removal_counts(per_user: Row) -> dict[str, int]:
     """``{"rows": all events, "kept": kept events, "removed.<reason>": n for every reason}`` from the
-    one aggregation :func:`_per_user_counts` makes (no action of its own)."""
+    one aggregation :func:`_per_user_counts` makes (no action of its own). Rows with a reason outside
+    :data:`REASONS` are in ``rows`` only: :func:`_reconciled_counts` refuses them."""
     return {"rows": int(per_user.rows), "kept": int(per_user.kept),
             **{f"removed.{reason}": int(per_user[f"removed_{reason}"]) for reason in REASONS}}
 

@@ -99,30 +99,38 @@ def shard_files(files: Sequence[DataFile], rank: int, world_size: int) -> list[D
     return sorted(assigned[rank], key=lambda f: f.path)
 
 
-def _open(path: str) -> pq.ParquetFile:
+def _open(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """The Parquet file at ``path`` (a local path or a URI); ``metadata``: its footer, already read."""
     from recaug_spark.paths import is_uri
 
     if is_uri(path):
         import pyarrow.fs as pafs
 
         fs, inner = pafs.FileSystem.from_uri(path)
-        return pq.ParquetFile(fs.open_input_file(inner))
-    return pq.ParquetFile(path)
+        return pq.ParquetFile(fs.open_input_file(inner), metadata=metadata)
+    return pq.ParquetFile(path, metadata=metadata)
 
 
-def iter_batches(files: Iterable[DataFile], columns: Sequence[str], batch_size: int = 8_192) -> Iterator[pa.RecordBatch]:
+def iter_batches(files: Iterable[DataFile], columns: Sequence[str],
+                 batch_size: int = 8_192) -> Iterator[pa.RecordBatch]:
     """Stream record batches of ``columns`` from ``files`` (partition columns are not in the files)."""
-    return _batches_of(((f.path, _open(f.path)) for f in files), columns, batch_size)
+    return _batches_of(((f.path, None) for f in files), columns, batch_size)
 
 
-def _batches_of(opened: Iterable[tuple[str, pq.ParquetFile]], columns: Sequence[str],
+def _batches_of(footers: Iterable[tuple[str, pq.FileMetaData | None]], columns: Sequence[str],
                 batch_size: int) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``columns`` from already opened ``(path, file)`` pairs."""
-    for path, parquet in opened:
-        missing = [c for c in columns if c not in parquet.schema_arrow.names]
-        if missing:
-            raise TrainDataError(f"{path} has no column(s) {missing}; it has {parquet.schema_arrow.names}")
-        yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns))
+    """Record batches of ``columns`` from ``(path, footer or None)`` pairs, one file open at a time."""
+    for path, metadata in footers:
+        with _open(path, metadata) as parquet:
+            yield from _file_batches(path, parquet, columns, batch_size)
+
+
+def _file_batches(path: str, parquet: pq.ParquetFile, columns: Sequence[str], batch_size: int):
+    """Record batches of ``columns`` of one open file; a missing column is a :class:`TrainDataError`."""
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    if missing:
+        raise TrainDataError(f"{path} has no column(s) {missing}; it has {parquet.schema_arrow.names}")
+    yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns))
 
 
 # ---------------------------------------------------------------- vocabulary
@@ -236,11 +244,14 @@ def read_sequences(files: Iterable[DataFile], vocabulary: Vocabulary, *, key_col
     The sequences come in ``sequence_id`` order (``key_column`` order where a file lacks it; the sort
     is stable): the same rows give the same ``Sequences`` however the writer spread them over files
     and row groups, so what a model trains on never depends on the tables' physical layout."""
-    opened = [(f.path, _open(f.path)) for f in files]  # each footer read once
-    order_column = ORDER_COLUMN if opened and all(ORDER_COLUMN in p.schema_arrow.names for _, p in opened) \
-        else key_column
+    footers = []
+    for f in files:  # each footer read once (kept for the batches), one file open at a time
+        with _open(f.path) as parquet:
+            footers.append((f.path, parquet.metadata))
+    order_column = ORDER_COLUMN if footers and all(ORDER_COLUMN in m.schema.to_arrow_schema().names
+                                                   for _, m in footers) else key_column
     keys, order, offsets, items, dropped, total = [], [], [np.zeros(1, np.int64)], [], 0, 0
-    for batch in _batches_of(opened, list(dict.fromkeys([key_column, "item_ids", order_column])), batch_size):
+    for batch in _batches_of(footers, list(dict.fromkeys([key_column, "item_ids", order_column])), batch_size):
         lists = batch.column("item_ids")
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         encoded = vocabulary.encode(pc.list_flatten(lists))
