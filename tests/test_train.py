@@ -536,7 +536,8 @@ def test_an_interrupted_run_resumes_from_its_progress_file_with_the_same_figures
     with pytest.raises(ProgressError, match="another run"):
         train(cfg, files, targets, targets, seed=99, progress_path=str(progress))
     lines = []
-    other_groups = cfg.model_copy(update={"cold_history_max": cfg.cold_history_max + 1})  # breakdown only
+    other_groups = cfg.model_copy(update={"cold_history_max": cfg.cold_history_max + 1,  # breakdown only
+                                          "seeds": (*cfg.seeds, 99)})  # the study's other seeds
     resumed = train(other_groups, files, targets, targets, log=lines.append, progress_path=str(progress))
     assert [line.split()[0] for line in lines] == ["epoch=2", "epoch=3"]  # only the epochs left
     assert "cold" in resumed["test_breakdown"]

@@ -92,6 +92,9 @@ EpochCallback = Callable[[int, dict], None]
 # (short_history_max and head_item_share choose groups too, but were in the fingerprint of every
 # progress file saved so far; leaving them out now would orphan those files.)
 BREAKDOWN_ONLY = ("cold_history_max",)
+# Left out of the fingerprint too: the list of a study's seeds. One run trains one seed (in the
+# fingerprint on its own), so splitting ``--seeds 1,2,3`` over processes resumes the same runs.
+NOT_IN_FINGERPRINT = (*BREAKDOWN_ONLY, "seeds")
 
 
 # ---------------------------------------------------------------- process group helpers
@@ -484,7 +487,7 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
     if progress_path is not None:
         if dist.active:
             raise TrainDataError("progress_path (resumable runs) is for one-process runs only")
-        settings = config.model_dump(mode="json", exclude=set(BREAKDOWN_ONLY))
+        settings = config.model_dump(mode="json", exclude=set(NOT_IN_FINGERPRINT))
         key = fingerprint(settings, run.seed, inputs.n_items, len(inputs.train), steps,
                           getattr(objective, "settings", None))  # a consumption mode's own settings
         progress = Progress(Path(progress_path), key)
