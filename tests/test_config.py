@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +23,18 @@ def test_base_yaml_spells_out_the_model_defaults():
 def test_every_shipped_layer_validates(name):
     cfg = load_config([PACKAGE_CONF_DIR / name])
     assert cfg.spark.master in {"local[*]", "spark://127.0.0.1:7077", "submit"}
+
+
+@pytest.mark.parametrize("layer", sorted(p.relative_to(PACKAGE_CONF_DIR).as_posix() for p in
+                                         [*PACKAGE_CONF_DIR.glob("experiments/*.yaml"),
+                                          *PACKAGE_CONF_DIR.glob("tune/*.yaml")]))
+def test_every_shipped_experiment_and_tune_layer_validates(layer):
+    data = yaml.safe_load((PACKAGE_CONF_DIR / layer).read_text())
+    cfg = load_config([PACKAGE_CONF_DIR / layer])
+    section = "tune" if layer.startswith("tune/") else "train"
+    assert section in data  # the layer sets what its folder says it sets
+    if section == "tune":
+        assert cfg.tune.name == data["tune"]["name"] == Path(layer).stem  # its study folder and conf/tuned/<name>.yaml
 
 
 def test_layers_apply_in_order_and_overrides_win(tmp_path):
