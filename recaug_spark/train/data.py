@@ -119,18 +119,14 @@ def iter_batches(files: Iterable[DataFile], columns: Sequence[str],
 
 def _batches_of(footers: Iterable[tuple[str, pq.FileMetaData | None]], columns: Sequence[str],
                 batch_size: int) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``columns`` from ``(path, footer or None)`` pairs, one file open at a time."""
+    """Record batches of ``columns`` from ``(path, footer or None)`` pairs, one file open at a time;
+    a file without one of the columns is a :class:`TrainDataError`."""
     for path, metadata in footers:
         with _open(path, metadata) as parquet:
-            yield from _file_batches(path, parquet, columns, batch_size)
-
-
-def _file_batches(path: str, parquet: pq.ParquetFile, columns: Sequence[str], batch_size: int):
-    """Record batches of ``columns`` of one open file; a missing column is a :class:`TrainDataError`."""
-    missing = [c for c in columns if c not in parquet.schema_arrow.names]
-    if missing:
-        raise TrainDataError(f"{path} has no column(s) {missing}; it has {parquet.schema_arrow.names}")
-    yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns))
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise TrainDataError(f"{path} has no column(s) {missing}; it has {parquet.schema_arrow.names}")
+            yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns))
 
 
 # ---------------------------------------------------------------- vocabulary
