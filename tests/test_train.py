@@ -544,3 +544,18 @@ def test_an_interrupted_run_resumes_from_its_progress_file_with_the_same_figures
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
     assert not progress.exists()  # removed once the run has its result
+
+
+def test_a_data_file_without_a_needed_column_is_named_in_the_error(tmp_path):
+    import pyarrow.parquet as pq
+
+    from recaug_spark.train.data import DataFile, TrainDataError, iter_batches
+
+    good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_ids": [["a"], ["b", "c"]]}), good)
+    pq.write_table(pa.table({"user_id": ["u3"]}), bad)
+    files = [DataFile(str(good), 2, good.stat().st_size), DataFile(str(bad), 1, bad.stat().st_size)]
+    batches = iter_batches(files, ["user_id", "item_ids"])
+    assert next(batches).column("item_ids").to_pylist() == [["a"], ["b", "c"]]  # the good file reads first
+    with pytest.raises(TrainDataError, match=r"bad\.parquet has no column\(s\) \['item_ids'\]"):
+        next(batches)
