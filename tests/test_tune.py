@@ -272,6 +272,33 @@ def test_rank_correlation_and_best_record_on_known_rows():
     assert math.isnan(H.rank_correlation(rows[:2])["rho"])
 
 
+def test_a_best_policy_that_loses_to_the_baseline_is_reported_as_no_help(tmp_path):
+    """The search always has a best trial; when the real-only baseline scores higher under the full
+    budget, the log, the layer's header and the report say that no policy helps."""
+    from recaug_spark.tune.runner import run_tune
+
+    class BaselineBest(Planted):
+        def __call__(self, policy, budget, report):
+            result = super().__call__(policy, budget, report)
+            return dict(result, score=2.0) if not policy.chains else result
+
+    for evaluator, beats in ((Planted(), True), (BaselineBest(), False)):
+        lines = []
+        cfg = _cfg(tmp_path / str(beats), "tune.budget.n_trials=4")
+        outcome = run_tune(cfg, evaluator, log=lines.append)
+        verdict = H.baseline_verdict(outcome.records)
+        baseline = next(r["full_score"] for r in outcome.records if r["trial"] < 0)
+        change = (outcome.best["full_score"] - baseline) / baseline
+        assert (change > 0) is beats
+        expected = "it beats the real-only baseline" if beats else "it does not beat the real-only baseline"
+        assert verdict.startswith(expected) and f"{change:+.1%}" in verdict
+        assert verdict in lines[-2]  # the "best policy" log line
+        assert f"# Verdict: {verdict}." in outcome.layer_path.read_text()
+        assert f"; {verdict}." in outcome.report_path.read_text()
+    no_full = [dict(r, full_score=None) for r in outcome.records]
+    assert H.baseline_verdict(no_full) is None  # nothing re-run in full: no verdict
+
+
 def test_the_report_warns_when_proxies_stopped_at_their_epoch_cap():
     from recaug_spark.tune.report import proxy_cap_line
 

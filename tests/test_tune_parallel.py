@@ -119,3 +119,24 @@ def test_a_resumed_session_does_not_replay_the_first_sessions_random_draws(tmp_p
     study = search(extended, Logged(str(tmp_path / "e.jsonl")), log=lambda _: None)
     params = [json.dumps(t.params, sort_keys=True) for t in study.get_trials()]
     assert len(params) == 6 and len(set(params)) == 6  # the old code drew trials 3-5 equal to 0-2
+
+
+def test_full_reruns_train_in_the_worker_processes_with_the_results_a_serial_rerun_gives(tmp_path):
+    from recaug_spark.tune.study import budgets, rerun_in_full
+
+    cfg = _cfg(tmp_path, "tune.budget.n_trials=4", "tune.budget.n_jobs=2", "tune.budget.rerun_top=3",
+               "tune.budget.pruner=none")
+    path = str(tmp_path / "evaluations.jsonl")
+    study = search(cfg, factory=functools.partial(logged, path), log=lambda _: None)
+    searched = len(_evaluations(path))
+    lines = []
+    runs = rerun_in_full(study, cfg, factory=functools.partial(logged, path), log=lines.append)
+    full = _evaluations(path)[searched:]
+    assert len(full) == len(runs) == 4  # the baseline and the 3 best distinct policies, each trained once
+    assert os.getpid() not in {pid for pid, _, _ in full} and len({pid for pid, _, _ in full}) == 2
+    serial = Logged(str(tmp_path / "serial.jsonl"))
+    for key, run in runs.items():
+        assert run.result == serial(run.policy, budgets(cfg)[1], None)
+    assert len(lines) == 4
+    again = rerun_in_full(study, cfg, factory=functools.partial(logged, path), log=lambda _: None)
+    assert len(_evaluations(path)) == searched + 4 and again == runs  # saved results reused, nothing retrained

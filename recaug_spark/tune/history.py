@@ -135,6 +135,21 @@ def best_record(records: Sequence[dict]) -> dict:
     return min(pool, key=lambda r: (-r[score], r["trial"]))
 
 
+def baseline_verdict(records: Sequence[dict]) -> str | None:
+    """A sentence on whether the best policy beats the real-only baseline on validation (both under
+    the full budget), or None when either has no full score. A search always has a best trial; when
+    it does not beat training on real rows alone, the recommendation is no augmentation."""
+    best = best_record(records)
+    baseline = next((r for r in records if r["trial"] < 0), None)
+    if baseline is None or best["full_score"] is None or not baseline["full_score"]:
+        return None
+    change = (best["full_score"] - baseline["full_score"]) / baseline["full_score"]
+    if change > 0:
+        return f"it beats the real-only baseline on validation ({change:+.1%}, full budget, one seed)"
+    return (f"it does not beat the real-only baseline on validation ({change:+.1%}, full budget): no policy "
+            "tried here helps; the recommendation is to train on real rows only")
+
+
 def rank_correlation(records: Sequence[dict]) -> dict[str, float]:
     """Spearman's rank correlation between proxy and full scores over the distinct policies that have
     both (``scipy.stats.spearmanr``): ``{"rho", "p", "n"}``; rho NaN with fewer than 3 policies."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from recaug_spark.train.figures import new_figure, save_figure
-from recaug_spark.tune.history import best_record, rank_correlation
+from recaug_spark.tune.history import baseline_verdict, best_record, rank_correlation
 
 CONFIRM_FILE = "confirm.json"
 
@@ -150,7 +150,8 @@ def render_report(
         f"Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed; scored on the "
         f"validation split only ({metric}).",
         "",
-        f"**Best policy** (trial {best['trial']}): {best['policy']}" + (f" → `{layer_path}`" if layer_path else ""),
+        f"**Best policy** (trial {best['trial']}): {best['policy']}" + (f" → `{layer_path}`" if layer_path else "")
+        + (f"; {verdict}." if (verdict := baseline_verdict(records)) else ""),
         "",
         "## With vs without augmentation (validation, full budget, one seed)",
         "",

@@ -41,8 +41,9 @@ def layer_path(cfg) -> Path:
     return Path(cfg.tune.output or f"conf/tuned/{cfg.tune.name}.yaml")
 
 
-def write_layer(path: Path, best: dict, space, name: str, baseline: dict | None) -> Path:
-    """The best policy as a YAML config layer, with a header saying where it comes from."""
+def write_layer(path: Path, best: dict, space, name: str, baseline: dict | None, verdict: str | None = None) -> Path:
+    """The best policy as a YAML config layer, with a header saying where it comes from and
+    (``verdict``, :func:`history.baseline_verdict`) whether it beats the real-only baseline."""
     policy = policy_from_params(json.loads(best["params"]), space)
     score = best["full_score"] if best["full_score"] is not None else best["proxy_score"]
     kind = "full" if best["full_score"] is not None else "proxy"
@@ -50,6 +51,7 @@ def write_layer(path: Path, best: dict, space, name: str, baseline: dict | None)
         f"# Best augmentation policy of study {name!r} (recaug tune), trial {best['trial']}: {policy.describe()}",
         f"# validation score {score:.4f} ({kind} budget)"
         + (f"; real-only baseline {baseline['full_score']:.4f} (full budget)" if baseline else ""),
+        *([f"# Verdict: {verdict}."] if verdict else []),
         "# Chosen on the validation split only; `recaug tune <config> --confirm` tests it once, paired by seed.",
         "# Use: recaug experiment <this file> (after `recaug augment --config <this file>`).",
     ]
@@ -64,19 +66,19 @@ def run_tune(cfg, evaluate=None, *, factory=None, warehouse=None, log: Callable[
     folder = study_dir(cfg)
     with study_lock(folder):
         study = search(cfg, evaluate, factory=factory, log=log)
-        evaluator = evaluate if evaluate is not None else factory(cfg)
-        full = rerun_in_full(study, cfg, evaluator, log=log)
+        full = rerun_in_full(study, cfg, evaluate, factory=factory, log=log)
     records = H.trial_records(study, full, study_name=cfg.tune.name, config_hash=cfg.hash)
     best = H.best_record(records)
     baseline = next((r for r in records if r["trial"] < 0), None)
-    path = write_layer(layer_path(cfg), best, cfg.tune.space, cfg.tune.name, baseline)
+    verdict = H.baseline_verdict(records)
+    path = write_layer(layer_path(cfg), best, cfg.tune.space, cfg.tune.name, baseline, verdict)
     if warehouse is not None:
         H.write_history(warehouse, records, cfg.tune.name)
     report = render_report(
         folder, records, study=cfg.tune.name, metric=cfg.train.early_stopping_metric, layer_path=str(path)
     )
     correlation = H.rank_correlation(records)
-    log(f"[tune] best policy: trial {best['trial']}: {best['policy']} → {path}")
+    log(f"[tune] best policy: trial {best['trial']}: {best['policy']} → {path}" + (f"; {verdict}" if verdict else ""))
     log(f"[tune] proxy-to-full Spearman rho {correlation['rho']:.2f} over {correlation['n']} policies; report {report}")
     return TuneOutcome(records, best, correlation, path, report)
 

@@ -22,8 +22,9 @@
   draw conditions on whichever trials happened to finish first), only in its invariants: no trial
   repeated or lost, exactly ``n_trials`` finished (tests/test_tune_parallel.py).
 * **Full re-runs**: the ``budget.rerun_top`` best proxy trials and the real-only baseline are
-  trained again with the full budget; each result is saved as ``full/<policy key>.json`` in the
-  study folder as it ends, so an interrupted re-run phase also resumes.
+  trained again with the full budget (in ``budget.n_jobs`` worker processes too); each result is
+  saved as ``full/<policy key>.json`` in the study folder as it ends, so an interrupted re-run phase
+  also resumes.
 
 ``run_study(cfg, evaluate)``: ``evaluate(policy, budget, report)`` is a ``evaluate.TrialEvaluator``
 (or any callable with its contract: tests plant a known best policy with one).
@@ -249,38 +250,73 @@ class FullRun:
     trials: tuple[int, ...]  # the study trials with this policy ((): the baseline)
 
 
-def rerun_in_full(study, cfg, evaluate: Evaluate, *, log: Callable[[str], None] = print) -> dict[str, FullRun]:
+def rerun_in_full(study, cfg, evaluate: Evaluate | None = None, *, factory: Callable[[Any], Evaluate] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, FullRun]:
     """The baseline and the ``rerun_top`` best complete proxy trials (distinct policies) with the full
-    budget, by policy key; results saved in ``full/`` of the study folder and reused when present."""
-    from optuna.trial import TrialState
-
-    complete = sorted(
-        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: (-t.value, t.number)
-    )
-    chosen: dict[str, tuple[Policy, list[int]]] = {}
-    baseline = Policy((), None)
-    chosen[baseline.key()] = (baseline, [])
-    for trial in complete:
-        policy = policy_from_params(trial.params, cfg.tune.space)
-        if policy.key() not in chosen and len(chosen) <= cfg.tune.budget.rerun_top:
-            chosen[policy.key()] = (policy, [])
-        if policy.key() in chosen:
-            chosen[policy.key()][1].append(trial.number)
+    budget, by policy key; results saved in ``full/`` of the study folder and reused when present.
+    The runs still missing train in ``budget.n_jobs`` spawned processes when ``factory`` is given
+    (a full run depends only on its policy and budget, so where it trains changes nothing), else
+    here with ``evaluate`` (or ``factory(cfg)``), one after another."""
+    chosen = _chosen_for_full(study, cfg)
     folder = study_dir(cfg) / "full"
     folder.mkdir(parents=True, exist_ok=True)
+    missing = [(key, policy) for key, (policy, _) in chosen.items() if not (folder / f"{key}.json").exists()]
+    for key, result in _full_results(cfg, missing, evaluate, factory):
+        path = folder / f"{key}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)  # atomic, as each run ends: a crash leaves no half-written result
     runs = {}
     for key, (policy, numbers) in chosen.items():
-        path = folder / f"{key}.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-        else:
-            result = evaluate(policy, budgets(cfg)[1], None)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            tmp.replace(path)  # atomic: a crash leaves no half-written result
+        result = json.loads((folder / f"{key}.json").read_text())
         log(
             f"[tune] full run of {policy.describe()}: validation {result['score']:.4f} "
             f"(best epoch {result['best_epoch']}, cap hit {result['cap_hit']})"
         )
         runs[key] = FullRun(policy, result, tuple(numbers))
     return runs
+
+
+def _chosen_for_full(study, cfg) -> dict[str, tuple[Policy, list[int]]]:
+    """The baseline, then the ``rerun_top`` best complete trials' distinct policies (best first), each
+    with the numbers of the trials that drew it."""
+    from optuna.trial import TrialState
+
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: (-t.value, t.number)
+    )
+    baseline = Policy((), None)
+    chosen: dict[str, tuple[Policy, list[int]]] = {baseline.key(): (baseline, [])}
+    for trial in complete:
+        policy = policy_from_params(trial.params, cfg.tune.space)
+        if policy.key() not in chosen and len(chosen) <= cfg.tune.budget.rerun_top:
+            chosen[policy.key()] = (policy, [])
+        if policy.key() in chosen:
+            chosen[policy.key()][1].append(trial.number)
+    return chosen
+
+
+def _full_results(cfg, missing: list[tuple[str, Policy]], evaluate, factory):
+    """``(policy key, result)`` of each missing full run, in ``missing``'s order."""
+    full = budgets(cfg)[1]
+    jobs = min(cfg.tune.budget.n_jobs, len(missing))
+    if jobs > 1 and factory is not None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [(key, pool.submit(_full_worker, cfg.to_json(), factory, policy)) for key, policy in missing]
+            for key, future in futures:
+                yield key, future.result()
+        return
+    evaluator = evaluate if evaluate is not None or not missing else factory(cfg)
+    for key, policy in missing:
+        yield key, evaluator(policy, full, None)
+
+
+def _full_worker(cfg_json: str, factory: Callable[[Any], Evaluate], policy: Policy) -> dict:
+    """One full run in a worker process, with the worker's own evaluator."""
+    from recaug_spark.config import validate
+
+    cfg = validate(json.loads(cfg_json))
+    return factory(cfg)(policy, budgets(cfg)[1], None)
