@@ -665,14 +665,14 @@ def _write_bronze(ctx: RunContext, cfg, events: DataFrame | None, items: DataFra
             if rejected_events:  # the write's tally says whether the source needs a second pass at all
                 rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(rejected)
                 quarantined += rejected_events
-            written["quarantine"] = ctx.warehouse.write("quarantine", _in_files(rejected, _files_for(quarantined)),
+            written["quarantine"] = ctx.warehouse.write("quarantine", quarantine_in_files(rejected, _files_for(quarantined)),
                                                         mode="append", txn=txn)
     finally:
         items.unpersist()
     return written, tally, item_counts
 
 
-def _in_files(rejected: DataFrame, files: int) -> DataFrame:
+def quarantine_in_files(rejected: DataFrame, files: int) -> DataFrame:
     """The quarantine rows in ``files`` partitions, placed by a hash of their content and sorted (the
     same files whatever the source's partitioning). A shuffle of the few rejected rows, not
     ``coalesce``: coalescing to one partition would run the whole second pass over the source in a
