@@ -264,7 +264,8 @@ def test_quarantine_files_hold_the_same_sorted_rows_whatever_the_sources_partiti
     frame = spark.createDataFrame(rows, QUARANTINE)
     layouts = [frame.coalesce(1), frame.repartition(7), spark.createDataFrame(rows[::-1], QUARANTINE).repartition(3)]
     for files in (1, 3):
-        placed = [[[tuple(r) for r in part] for part in quarantine_in_files(df, files).rdd.glom().collect()] for df in layouts]
+        placed = [[[tuple(r) for r in part] for part in quarantine_in_files(df, files).rdd.glom().collect()]
+                  for df in layouts]
         assert placed[0] == placed[1] == placed[2]  # the same rows in the same file, in the same order
         assert len(placed[0]) == files and sorted(r for part in placed[0] for r in part) == sorted(rows)
         key = lambda r: (r[2], r[3], r[6], r[7], r[5], r[4])  # noqa: E731  table, source, row, offset, reason, raw

@@ -665,8 +665,8 @@ def _write_bronze(ctx: RunContext, cfg, events: DataFrame | None, items: DataFra
             if rejected_events:  # the write's tally says whether the source needs a second pass at all
                 rejected = quarantine_rows(events, run_id=ctx.run_id, table="events").unionByName(rejected)
                 quarantined += rejected_events
-            written["quarantine"] = ctx.warehouse.write("quarantine", quarantine_in_files(rejected, _files_for(quarantined)),
-                                                        mode="append", txn=txn)
+            rejected = quarantine_in_files(rejected, _files_for(quarantined))
+            written["quarantine"] = ctx.warehouse.write("quarantine", rejected, mode="append", txn=txn)
     finally:
         items.unpersist()
     return written, tally, item_counts
