@@ -559,3 +559,29 @@ def test_a_data_file_without_a_needed_column_is_named_in_the_error(tmp_path):
     assert next(batches).column("item_ids").to_pylist() == [["a"], ["b", "c"]]  # the good file reads first
     with pytest.raises(TrainDataError, match=r"bad\.parquet has no column\(s\) \['item_ids'\]"):
         next(batches)
+
+
+def test_progress_saved_before_the_seed_list_left_the_fingerprint_still_resumes(synthetic, tmp_path, monkeypatch):
+    from recaug_spark.train import trainer
+    from recaug_spark.train.progress import ProgressError
+
+    files = pinned_files(synthetic["uri"], chains=["real"])
+    targets = read_targets(synthetic["targets_uri"])
+    cfg = _small_config(epochs=3, patience=10)
+    straight = trainer.train(cfg, files, targets, targets)
+    progress = tmp_path / "old.progress.pt"
+
+    def stop_after_first_epoch(line):
+        if line.startswith("epoch=0 "):
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as old_code:  # the fingerprint of the code before: seeds list included
+        old_code.setattr(trainer, "NOT_IN_FINGERPRINT", trainer.BREAKDOWN_ONLY)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(cfg, files, targets, targets, log=stop_after_first_epoch, progress_path=str(progress))
+    with pytest.raises(ProgressError):  # an older file of another run is still refused
+        trainer.train(cfg.model_copy(update={"lr": cfg.lr * 2}), files, targets, targets, progress_path=str(progress))
+    lines = []
+    resumed = trainer.train(cfg, files, targets, targets, log=lines.append, progress_path=str(progress))
+    assert [line.split()[0] for line in lines] == ["epoch=1", "epoch=2"]
+    assert resumed["test"] == straight["test"]

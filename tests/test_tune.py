@@ -291,7 +291,7 @@ def test_a_best_policy_that_loses_to_the_baseline_is_reported_as_no_help(tmp_pat
         change = (outcome.best["full_score"] - baseline) / baseline
         assert (change > 0) is beats
         expected = "it beats the real-only baseline" if beats else "it does not beat the real-only baseline"
-        assert verdict.startswith(expected) and f"{change:+.1%}" in verdict
+        assert verdict.startswith(expected) and f"{change:+.2%}" in verdict
         assert verdict in lines[-2]  # the "best policy" log line
         assert f"# Verdict: {verdict}." in outcome.layer_path.read_text()
         assert f"; {verdict}." in outcome.report_path.read_text()

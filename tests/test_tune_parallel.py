@@ -140,3 +140,35 @@ def test_full_reruns_train_in_the_worker_processes_with_the_results_a_serial_rer
     assert len(lines) == 4
     again = rerun_in_full(study, cfg, factory=functools.partial(logged, path), log=lambda _: None)
     assert len(_evaluations(path)) == searched + 4 and again == runs  # saved results reused, nothing retrained
+
+
+class FailsOnBaseline(Logged):
+    """``Logged``, except that the real-only baseline's full run raises at once."""
+
+    def __call__(self, policy, budget, report):
+        if not policy.chains:
+            raise RuntimeError("planted failure")
+        return super().__call__(policy, budget, report)
+
+
+def fails_on_baseline(path: str, cfg) -> FailsOnBaseline:
+    return FailsOnBaseline(path)
+
+
+def test_a_failed_full_rerun_keeps_the_results_of_the_runs_that_finished(tmp_path):
+    import pytest
+
+    from recaug_spark.tune.study import rerun_in_full
+
+    cfg = _cfg(tmp_path, "tune.budget.n_trials=4", "tune.budget.n_jobs=2", "tune.budget.rerun_top=3",
+               "tune.budget.pruner=none")
+    path = str(tmp_path / "evaluations.jsonl")
+    study = search(cfg, factory=functools.partial(logged, path), log=lambda _: None)
+    searched = len(_evaluations(path))
+    with pytest.raises(RuntimeError, match="planted failure"):
+        rerun_in_full(study, cfg, factory=functools.partial(fails_on_baseline, path), log=lambda _: None)
+    saved = sorted(p.name for p in (study_dir(cfg) / "full").glob("*.json"))
+    assert saved and len(saved) == len(_evaluations(path)) - searched  # every run that finished was saved
+    assert not list((study_dir(cfg) / "full").glob("*.tmp"))
+    runs = rerun_in_full(study, cfg, factory=functools.partial(logged, path), log=lambda _: None)
+    assert len(runs) == 4 and len(_evaluations(path)) - searched == 4  # only the missing runs trained again

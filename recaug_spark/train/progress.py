@@ -35,6 +35,7 @@ def fingerprint(*parts: Any) -> str:
 class Progress:
     path: Path
     fingerprint: str
+    accepted: tuple[str, ...] = ()  # older fingerprints of the same run (files saved by an earlier version)
 
     def load(self, model, optimizer, stopper) -> tuple[int, list[dict]]:
         """Restore a saved state into ``model``, ``optimizer`` and ``stopper``; ``(next epoch,
@@ -44,7 +45,7 @@ class Progress:
         if not self.path.exists():
             return 0, []
         saved = torch.load(self.path, map_location="cpu", weights_only=False)
-        if saved.get("format") != FORMAT or saved.get("fingerprint") != self.fingerprint:
+        if saved.get("format") != FORMAT or saved.get("fingerprint") not in (self.fingerprint, *self.accepted):
             raise ProgressError(f"{self.path} holds the progress of another run (settings, seed or data differ): "
                                 "remove it to start this run afresh")
         model.load_state_dict(saved["model"])

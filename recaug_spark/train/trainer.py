@@ -94,6 +94,7 @@ EpochCallback = Callable[[int, dict], None]
 BREAKDOWN_ONLY = ("cold_history_max",)
 # Left out of the fingerprint too: the list of a study's seeds. One run trains one seed (in the
 # fingerprint on its own), so splitting ``--seeds 1,2,3`` over processes resumes the same runs.
+# Progress files saved with the seed list in their fingerprint are still accepted (train()).
 NOT_IN_FINGERPRINT = (*BREAKDOWN_ONLY, "seeds")
 
 
@@ -487,10 +488,10 @@ def _fit(run: _Run, train_sequences: Sequences, histories: Sequences, valid_targ
     if progress_path is not None:
         if dist.active:
             raise TrainDataError("progress_path (resumable runs) is for one-process runs only")
-        settings = config.model_dump(mode="json", exclude=set(NOT_IN_FINGERPRINT))
-        key = fingerprint(settings, run.seed, inputs.n_items, len(inputs.train), steps,
-                          getattr(objective, "settings", None))  # a consumption mode's own settings
-        progress = Progress(Path(progress_path), key)
+        keys = [fingerprint(config.model_dump(mode="json", exclude=set(excluded)), run.seed, inputs.n_items,
+                            len(inputs.train), steps, getattr(objective, "settings", None))  # a mode's own settings
+                for excluded in (NOT_IN_FINGERPRINT, BREAKDOWN_ONLY)]  # the second: files saved before 2026-12-07
+        progress = Progress(Path(progress_path), keys[0], accepted=tuple(keys[1:]))
     history, stopper = _run_epochs(run, model, optimizer, trained, validate, log, progress, on_epoch)
     stopper.restore(_unwrap(model))
     result = _result(run, inputs, stopper, history, steps, _test(run, model, inputs), started)

@@ -145,9 +145,10 @@ def baseline_verdict(records: Sequence[dict]) -> str | None:
         return None
     change = (best["full_score"] - baseline["full_score"]) / baseline["full_score"]
     if change > 0:
-        return f"it beats the real-only baseline on validation ({change:+.1%}, full budget, one seed)"
-    return (f"it does not beat the real-only baseline on validation ({change:+.1%}, full budget): no policy "
-            "tried here helps; the recommendation is to train on real rows only")
+        return (f"it beats the real-only baseline on validation ({change:+.2%}, full budget, one seed; "
+                "`--confirm` says whether it holds on test)")
+    return (f"it does not beat the real-only baseline on validation ({change:+.2%}, full budget, one seed): "
+            "no policy tried here is shown to help; the recommendation is to train on real rows only")
 
 
 def rank_correlation(records: Sequence[dict]) -> dict[str, float]:

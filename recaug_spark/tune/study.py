@@ -255,17 +255,14 @@ def rerun_in_full(study, cfg, evaluate: Evaluate | None = None, *, factory: Call
     """The baseline and the ``rerun_top`` best complete proxy trials (distinct policies) with the full
     budget, by policy key; results saved in ``full/`` of the study folder and reused when present.
     The runs still missing train in ``budget.n_jobs`` spawned processes when ``factory`` is given
-    (a full run depends only on its policy and budget, so where it trains changes nothing), else
-    here with ``evaluate`` (or ``factory(cfg)``), one after another."""
+    (each worker pins the warehouse's current tables, as the search's workers do), else here with
+    ``evaluate`` (or ``factory(cfg)``), one after another. Each result is saved as its run ends."""
     chosen = _chosen_for_full(study, cfg)
     folder = study_dir(cfg) / "full"
     folder.mkdir(parents=True, exist_ok=True)
-    missing = [(key, policy) for key, (policy, _) in chosen.items() if not (folder / f"{key}.json").exists()]
-    for key, result in _full_results(cfg, missing, evaluate, factory):
-        path = folder / f"{key}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)  # atomic, as each run ends: a crash leaves no half-written result
+    missing = [(policy, folder / f"{key}.json") for key, (policy, _) in chosen.items()
+               if not (folder / f"{key}.json").exists()]
+    _train_missing(cfg, missing, evaluate, factory)
     runs = {}
     for key, (policy, numbers) in chosen.items():
         result = json.loads((folder / f"{key}.json").read_text())
@@ -296,27 +293,42 @@ def _chosen_for_full(study, cfg) -> dict[str, tuple[Policy, list[int]]]:
     return chosen
 
 
-def _full_results(cfg, missing: list[tuple[str, Policy]], evaluate, factory):
-    """``(policy key, result)`` of each missing full run, in ``missing``'s order."""
-    full = budgets(cfg)[1]
+def _train_missing(cfg, missing: list[tuple[Policy, Path]], evaluate, factory) -> None:
+    """Train each missing full run and save its result to its path. In worker processes, each worker
+    saves its own result, so a crash of the driver or of another run loses no finished run; after a
+    failure the queued runs are cancelled (the next ``recaug tune`` trains them)."""
     jobs = min(cfg.tune.budget.n_jobs, len(missing))
     if jobs > 1 and factory is not None:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [(key, pool.submit(_full_worker, cfg.to_json(), factory, policy)) for key, policy in missing]
-            for key, future in futures:
-                yield key, future.result()
+            futures = [pool.submit(_full_worker, cfg.to_json(), factory, policy, str(path)) for policy, path in missing]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the running ones still save theirs
+                raise
         return
+    if missing and evaluate is None and factory is None:
+        raise TuneError("the full re-runs need an evaluator or an evaluator factory")
     evaluator = evaluate if evaluate is not None or not missing else factory(cfg)
-    for key, policy in missing:
-        yield key, evaluator(policy, full, None)
+    for policy, path in missing:
+        save_result(path, evaluator(policy, budgets(cfg)[1], None))
 
 
-def _full_worker(cfg_json: str, factory: Callable[[Any], Evaluate], policy: Policy) -> dict:
-    """One full run in a worker process, with the worker's own evaluator."""
+def _full_worker(cfg_json: str, factory: Callable[[Any], Evaluate], policy: Policy, path: str) -> None:
+    """One full run in a worker process, with the worker's own evaluator; saves its result."""
     from recaug_spark.config import validate
 
     cfg = validate(json.loads(cfg_json))
-    return factory(cfg)(policy, budgets(cfg)[1], None)
+    save_result(Path(path), factory(cfg)(policy, budgets(cfg)[1], None))
+
+
+def save_result(path: Path, result: dict) -> None:
+    """A full run's result as JSON, written to a temporary file and moved into place: a crash
+    leaves no half-written result."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
