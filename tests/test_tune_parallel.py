@@ -121,14 +121,19 @@ def test_a_resumed_session_does_not_replay_the_first_sessions_random_draws(tmp_p
     assert len(params) == 6 and len(set(params)) == 6  # the old code drew trials 3-5 equal to 0-2
 
 
-def test_full_reruns_train_in_the_worker_processes_with_the_results_a_serial_rerun_gives(tmp_path):
-    from recaug_spark.tune.study import budgets, rerun_in_full
-
+def _searched_in_parallel(tmp_path):
+    """A finished 4-trial search in 2 workers: (config, study, evaluations file, evaluations so far)."""
     cfg = _cfg(tmp_path, "tune.budget.n_trials=4", "tune.budget.n_jobs=2", "tune.budget.rerun_top=3",
                "tune.budget.pruner=none")
     path = str(tmp_path / "evaluations.jsonl")
     study = search(cfg, factory=functools.partial(logged, path), log=lambda _: None)
-    searched = len(_evaluations(path))
+    return cfg, study, path, len(_evaluations(path))
+
+
+def test_full_reruns_train_in_the_worker_processes_with_the_results_a_serial_rerun_gives(tmp_path):
+    from recaug_spark.tune.study import budgets, rerun_in_full
+
+    cfg, study, path, searched = _searched_in_parallel(tmp_path)
     lines = []
     runs = rerun_in_full(study, cfg, factory=functools.partial(logged, path), log=lines.append)
     full = _evaluations(path)[searched:]
@@ -160,11 +165,7 @@ def test_a_failed_full_rerun_keeps_the_results_of_the_runs_that_finished(tmp_pat
 
     from recaug_spark.tune.study import rerun_in_full
 
-    cfg = _cfg(tmp_path, "tune.budget.n_trials=4", "tune.budget.n_jobs=2", "tune.budget.rerun_top=3",
-               "tune.budget.pruner=none")
-    path = str(tmp_path / "evaluations.jsonl")
-    study = search(cfg, factory=functools.partial(logged, path), log=lambda _: None)
-    searched = len(_evaluations(path))
+    cfg, study, path, searched = _searched_in_parallel(tmp_path)
     with pytest.raises(RuntimeError, match="planted failure"):
         rerun_in_full(study, cfg, factory=functools.partial(fails_on_baseline, path), log=lambda _: None)
     saved = sorted(p.name for p in (study_dir(cfg) / "full").glob("*.json"))
