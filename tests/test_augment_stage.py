@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 
 import pytest
 
@@ -156,15 +157,39 @@ def test_real_rows_equal_the_input_and_augmented_rows_carry_provenance(spark, se
     assert by_chain["prefixes"] == sum(max(0, n - 2) for *_, n in short)  # targeting: short ones only
 
 
+def _is_subsequence(short, long):
+    rest = iter(long)
+    return all(item in rest for item in short)
+
+
 def test_augmented_items_come_from_the_user_or_the_catalog(spark, sequences):
+    """Row counts per chain and each row's shape follow from BRANCHES and the operators' docstrings
+    (recaug_spark/augment/sequence_ops.py; min_length 2 everywhere: a 1-item parent comes back as it is)."""
     out = augment_sequences(sequences, AugmentConfig(branches=BRANCHES), 7, "r", "h").collect()
-    parents = {r[0]: set(r[1]) for r in sequence_rows()}
-    catalog = set().union(*parents.values())
-    for row in out:
-        if row.operator_chain == "crop>mask":
-            assert set(row.item_ids) <= parents[row.user_id] | {"[mask]"}
-        if row.operator_chain == "insert":
-            assert set(row.item_ids) <= catalog
+    parents = {r[0]: r[1] for r in sequence_rows()}
+    catalog = set().union(*map(set, parents.values()))
+    augmented = [row for row in out if row.origin == "augmented"]
+    chains = Counter(row.operator_chain for row in augmented)
+    short = [len(items) for items in parents.values() if len(items) <= 6]  # prefixes' max_length 6
+    # 40 users: 2 crop>mask copies each, 1 insert each, L - 2 prefixes (lengths L-1 .. 2) per short one
+    assert chains == {"crop>mask": 80, "insert": 40, "prefixes": sum(max(0, n - 2) for n in short)}
+    assert len(out) == 40 + len(augmented)  # and the 40 real rows
+    assert Counter((r.user_id, r.copy) for r in augmented if r.operator_chain == "crop>mask") == {
+        (u, c): 1 for u in parents for c in (0, 1)}
+    for row in augmented:
+        parent, items = parents[row.user_id], list(row.item_ids)
+        size = len(parent)
+        if row.operator_chain == "insert":  # rate 0.3: max(1, floor(0.3 L)) catalog items inserted
+            assert len(items) == (size + max(1, int(0.3 * size)) if size >= 2 else 1), (parent, items)
+            assert _is_subsequence(parent, items) and set(items) <= catalog
+        elif row.operator_chain == "crop>mask":  # crop eta 0.6 keeps L' = max(1, floor(0.6 L)) in a row,
+            kept = max(1, int(0.6 * size)) if size >= 2 else size  # then mask gamma 0.3 hides floor(0.3 L')
+            assert len(items) == kept and items.count("[mask]") == (int(0.3 * kept) if kept >= 2 else 0)
+            assert any(all(i in (p, "[mask]") for i, p in zip(items, parent[start:start + kept]))
+                       for start in range(size - kept + 1)), (parent, items)
+    prefixes = Counter((r.user_id, tuple(r.item_ids)) for r in augmented if r.operator_chain == "prefixes")
+    assert prefixes == Counter((u, tuple(p[:n])) for u, p in parents.items() if len(p) <= 6
+                               for n in range(2, len(p)))
 
 
 def test_run_augment_writes_a_table_partitioned_by_operator_chain(spark, tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -19,10 +20,18 @@ def test_base_yaml_spells_out_the_model_defaults():
     assert load_config() == Config()
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "standalone.yaml", "cluster.yaml"])
-def test_every_shipped_layer_validates(name):
+@pytest.mark.parametrize(("name", "master"), [
+    ("local.yaml", "local[*]"),  # the masters the files set (conf/*.yaml, spark.master)
+    ("standalone.yaml", "spark://127.0.0.1:7077"),
+    ("cluster.yaml", "submit"),
+])
+def test_every_shipped_layer_validates(name, master):
     cfg = load_config([PACKAGE_CONF_DIR / name])
-    assert cfg.spark.master in {"local[*]", "spark://127.0.0.1:7077", "submit"}
+    assert cfg.spark.master == master
+    layer = yaml.safe_load((PACKAGE_CONF_DIR / name).read_text())
+    for section, values in layer.items():  # every key the layer sets is what the config holds
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, (section, key)
 
 
 @pytest.mark.parametrize("layer", sorted(p.relative_to(PACKAGE_CONF_DIR).as_posix() for p in
@@ -77,7 +86,7 @@ def test_external_format_requires_an_input_path():
 
 def test_config_is_frozen_and_hash_tracks_content():
     cfg = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.run.seed = 1  # type: ignore[misc]
     assert cfg.hash == load_config().hash
     assert cfg.hash != load_config(overrides=["run.seed=7"]).hash

@@ -60,7 +60,13 @@ def test_the_index_holds_rich_items_and_reports_fidelity(index_ref):
     report = manifest(index_ref)["fidelity"]
     assert (report["items"], report["rich_items"], report["thin_items"]) == (6, 4, 2)
     assert report["encoder"].startswith("all-MiniLM-L6-v2")
-    assert 0 <= report["added_in_category"] <= 1 and report["expanded_items"] == 4
+    assert report["expanded_items"] == 4
+    # Each sampled rich item (cut to its first 2 words) has its same-category sibling as first
+    # neighbour, whose keywords alone give the 6 words (max_added_words): all from its category.
+    assert report["added_in_category"] == 1.0
+    # Of those 6, the item's own full text has: shoes-0 "cushioned", shoes-1 "cushioned soles",
+    # kitchen-0 "searing", kitchen-1 none: (1 + 2 + 1 + 0) / 4 items / 6 words = 1/6.
+    assert report["added_in_real_text"] == pytest.approx(1 / 6)
     index = runtime.load(index_ref)
     assert sorted(index.item_ids) == ["kitchen-0", "kitchen-1", "shoes-0", "shoes-1"]
 

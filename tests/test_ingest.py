@@ -313,6 +313,25 @@ def test_resolve_pseudonym_key(monkeypatch, tmp_path):
         resolve_pseudonym_key(IngestConfig(format="csv", pseudonymize={"key_file": str(tmp_path / "absent")}))
 
 
+def test_pseudonym_known_answers_from_the_stdlib_construction():
+    """HMAC-SHA256 (docs/pipeline.md, "Pseudonymization") under a per-kind subkey
+    HMAC-SHA256(key, "recaug-spark/pseudonym/<kind>"), first 32 hex characters of the digest of the
+    UTF-8 id: computed here with the standard library only, never through the project's functions."""
+    import hmac
+
+    def expected(value: str, kind: str) -> str:
+        subkey = hmac.digest(KEY.encode(), b"recaug-spark/pseudonym/" + kind.encode(), "sha256")
+        return hmac.digest(subkey, value.encode("utf-8"), "sha256").hex()[:32]
+
+    for value, kind in [("17850", "user_id"), ("alice", "user_id"), ("josé", "user_id"), ("s-77", "session_id"),
+                        ("17850", "session_id")]:
+        assert pseudonym(value, KEY.encode(), kind) == expected(value, kind), (value, kind)
+    # The same two, derived a third way: `openssl dgst -sha256 -hmac KEY` for the subkey, then
+    # `openssl dgst -sha256 -mac HMAC -macopt hexkey:<subkey>` over the id, first 32 hex characters.
+    assert pseudonym("17850", KEY.encode()) == "5af8a53312f9ef777629f1e31fa45c57"
+    assert pseudonym("s-77", KEY.encode(), "session_id") == "1ef8d068bc956441b0a9447768bdccf4"
+
+
 def test_pseudonyms_are_keyed_stable_and_leave_no_raw_id_or_key_in_the_plan(spark):
     rows = [
         {**GOOD, "order_id": "a1", "user_id": "17850", "session_id": "s-77"},

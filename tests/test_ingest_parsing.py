@@ -12,7 +12,7 @@ import gzip
 import io
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recaug_spark.parsing import (
@@ -125,12 +125,19 @@ _PIECES = st.lists(st.sampled_from([b"a", b"1", b",", b'"', b'""', b"\n", b"\r\n
 
 @settings(max_examples=300, deadline=None)
 @given(pieces=_PIECES, raw=st.binary(max_size=60))
+@example(pieces=[b"\x00"] * 10, raw=b"")  # 10 NULs in 16 bytes: refused as binary data
 def test_property_no_crash_every_byte_accounted_accepted_text_verbatim(pieces, raw):
     data = b"h1,h2\n" + b"".join(pieces) + raw
     try:
         got = records(data)
-    except FileRefusal:
-        return  # a refused file (binary-looking) is one clear error, never a crash
+    except FileRefusal as refusal:  # a refused file (binary-looking) is one clear error, never a crash
+        # The file starts "h1,h2": never empty, no binary magic, so only NUL bytes in its head (all of
+        # it: < 4096 bytes) may get it refused, as binary data (> 10% NULs) or as UTF-16 without a BOM.
+        message = str(refusal)
+        assert b"\x00" in data, message
+        assert ("the file holds binary data (many NUL bytes)" in message and data.count(0) > 0.1 * len(data)
+                or "the file looks like UTF-16 text without a byte order mark" in message), message
+        return
     offsets = [r.offset for r in got] + [len(data)]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)  # records in order, none twice
     assert data[:offsets[0]].strip() == b""

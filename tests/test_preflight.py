@@ -72,6 +72,29 @@ def test_read_only_warehouse_parent(tmp_path):
         locked.chmod(0o700)
 
 
+def test_refused_probe_file_names_the_folder_before_spark(tmp_path, monkeypatch, no_spark):
+    """As root a chmod cannot make a folder read-only, so the probe itself is refused: the same
+    PermissionError a read-only folder gives (errno 13) reaches the user as one line, exit code 2."""
+    probed = []
+
+    def refuse(*_args, dir=None, **_kwargs):
+        probed.append(dir)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("recaug_spark.preflight.tempfile.TemporaryFile", refuse)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    assert writable_dir_problem(str(locked / "wh")) == (
+        f"is not writable: its nearest existing parent {locked} refused a file (Permission denied)")
+    assert writable_dir_problem(str(locked)) == "is not writable: refused a file (Permission denied)"
+    result = CliRunner().invoke(main, ["run", "--warehouse", str(locked / "wh")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: run.warehouse {locked / 'wh'}: is not writable: its nearest existing parent {locked} "
+        f"refused a file (Permission denied)"]
+    assert probed == [locked, locked, locked]  # the probe went into the nearest existing folder each time
+
+
 def test_planned_checks_follow_the_stages(tmp_path):
     cfg = load_config(overrides=[f"run.warehouse={tmp_path / 'wh'}", "ingest.format=csv",
                                  f"ingest.events={tmp_path / 'e.csv'}", f"ingest.items={tmp_path / 'i.csv'}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -206,7 +207,9 @@ def test_pinned_files_filter_chains_from_the_log_and_pin_versions(synthetic):
     vocab = Vocabulary.from_files(pinned_files(uri, chains=["real", "crop"]))
     sequences = read_sequences(pinned_files(uri, chains=["real", "crop"]), vocab)  # the corrupt file is never opened
     assert len(sequences) == 240 + 120
-    with pytest.raises(Exception):
+    junk = [f.path for f in every if "junk" in f.path]
+    assert len(junk) == 1  # the junk partition's file holds b"not a parquet file"
+    with pytest.raises(TrainDataError, match=re.escape(junk[0]) + ".*Parquet magic bytes not found"):
         read_sequences(every, vocab)
     with pytest.raises(TrainDataError, match="partitioned by"):
         pinned_files(synthetic["targets_uri"], chains=["real"])

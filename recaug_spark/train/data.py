@@ -100,15 +100,19 @@ def shard_files(files: Sequence[DataFile], rank: int, world_size: int) -> list[D
 
 
 def _open(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
-    """The Parquet file at ``path`` (a local path or a URI); ``metadata``: its footer, already read."""
+    """The Parquet file at ``path`` (a local path or a URI); ``metadata``: its footer, already read.
+    A file that is not Parquet (truncated, overwritten) is a :class:`TrainDataError` naming it."""
     from recaug_spark.paths import is_uri
 
-    if is_uri(path):
-        import pyarrow.fs as pafs
+    try:
+        if is_uri(path):
+            import pyarrow.fs as pafs
 
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return pq.ParquetFile(fs.open_input_file(inner), metadata=metadata)
-    return pq.ParquetFile(path, metadata=metadata)
+            fs, inner = pafs.FileSystem.from_uri(path)
+            return pq.ParquetFile(fs.open_input_file(inner), metadata=metadata)
+        return pq.ParquetFile(path, metadata=metadata)
+    except pa.ArrowInvalid as error:
+        raise TrainDataError(f"{path} is not a readable Parquet file: {error}") from error
 
 
 def iter_batches(files: Iterable[DataFile], columns: Sequence[str],
