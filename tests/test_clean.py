@@ -189,7 +189,7 @@ MESSY = (
 
 def test_every_removed_event_has_exactly_one_reason(spark):
     cfg = CleanConfig(kcore=2)
-    counts = C.removal_counts(C.clean_counts(C.annotate_events(frame(spark, MESSY), cfg), cfg))
+    counts = C.removal_counts(C._per_user_counts(C.clean_events(frame(spark, MESSY), cfg), cfg))
     removed = {k: v for k, v in counts.items() if k.startswith("removed.")}
     assert counts["rows"] == len(MESSY) == counts["kept"] + sum(removed.values())
     assert removed == {
@@ -226,16 +226,15 @@ def test_spark_sorts_ties_in_the_order_the_arrow_steps_sort_them(spark):
     assert list(map(repr, in_spark.to_pylist())) == list(map(repr, in_arrow.to_pylist()))  # repr: NaN ≠ NaN
 
 
-def test_counts_report_the_users_and_events_the_sequence_cap_leaves_out(spark):
-    # u1: 5 sequence events (2 beyond a cap of 3) and a click (not a sequence event); u2: 3 views
-    rows = [ev("u1", f"i{k}", 60 * k, t) for k, t in enumerate(("view", "view", "cart", "view", "purchase", "click"))]
-    rows += [ev("u2", f"i{k}", 60 * k) for k in range(3)]
-    tagged = C.annotate_events(frame(spark, rows), CleanConfig(max_sequence_length=3))
-    counts = C.clean_counts(tagged, CleanConfig(max_sequence_length=3))
-    assert (counts["users"], counts["capped"], counts["beyond_cap"], counts["sequences"]) == (2, 1, 2, 2)
-    assert C.clean_counts(tagged, CleanConfig(max_sequence_length=5))["capped"] == 0
-    only_clicks = C.annotate_events(frame(spark, [ev("u3", "i0", 0, "click")]), CleanConfig())
-    assert C.clean_counts(only_clicks, CleanConfig())["users"] == 1  # a kept event, but no sequence
+def test_per_user_counts_report_the_users_and_events_the_sequence_cap_leaves_out(spark):
+    # u1: 5 sequence events (2 beyond a cap of 3), a click (not a sequence event); u2: 3 events
+    rows = [("u1", t, s) for t, s in (("view", "train"), ("view", "train"), ("cart", "train"), ("view", "valid"),
+                                      ("purchase", "test"), ("click", None))] + [("u2", "view", "train")] * 3
+    kept = spark.createDataFrame(rows, "user_id string, event_type string, split string").withColumn(
+        C.REASON, F.lit(None).cast("string"))
+    counts = C._per_user_counts(kept, CleanConfig(max_sequence_length=3))
+    assert (counts.users, counts.capped, counts.beyond_cap) == (2, 1, 2)
+    assert C._per_user_counts(kept, CleanConfig(max_sequence_length=5)).capped == 0
 
 
 def write_bronze(ctx, spark):

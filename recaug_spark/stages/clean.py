@@ -56,8 +56,7 @@ in time order; one vectorized Arrow pass over each partition's whole users
 netting queue of (user, item) pairs with a return) computes duplicates, bots, netting, sessions
 and the split's counts. The annotated frame (needed columns only) is materialized once (a reliable
 checkpoint under the warehouse that survives a lost executor, :func:`materialize`) and feeds all
-the four tables; every count is observed while that frame is computed (:func:`event_metrics`,
-:func:`split_metrics`: no pass of their own); ``events`` is
+the counts (one aggregation, :func:`_per_user_counts`) and the four tables; ``events`` is
 rebalanced by ``dt`` before its write (one file per day instead of tasks × days small files) and
 ``sequences`` are collected by Spark (arrays sorted by sequence position, no Python round trip).
 """
@@ -67,10 +66,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 
-from pyspark.sql import Column, DataFrame, Observation, Window
+from pyspark.sql import Column, DataFrame, Row, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -130,7 +129,6 @@ def _per_user_pass(df: DataFrame, cfg: CleanConfig, *, remove: bool, partitions:
     outputs = [
         T.StructField(REASON, T.StringType()), T.StructField(_SESSION, T.StringType()),
         T.StructField(steps.SEQUENCE_EVENTS, T.LongType()), T.StructField(steps.SEQUENCE_RANK, T.LongType()),
-        T.StructField(steps.FIRST_KEPT, T.BooleanType()),
     ]
     schema = T.StructType([f for f in df.schema if f.name not in {f.name for f in outputs}] + outputs)
 
@@ -337,12 +335,12 @@ def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
     ])
 
 
-def removal_counts(counts: Mapping[str, int]) -> dict[str, int]:
+def removal_counts(per_user: Row) -> dict[str, int]:
     """``{"rows": all events, "kept": kept events, "removed.<reason>": n for every reason}`` from the
-    counts of :func:`event_metrics`. Rows with a reason outside :data:`REASONS` are in ``rows`` only:
-    :func:`_reconciled_counts` refuses them."""
-    return {"rows": int(counts["rows"]), "kept": int(counts["kept"]),
-            **{f"removed.{reason}": int(counts[f"removed_{reason}"]) for reason in REASONS}}
+    one aggregation :func:`_per_user_counts` makes (no action of its own). Rows with a reason outside
+    :data:`REASONS` are in ``rows`` only: :func:`_reconciled_counts` refuses them."""
+    return {"rows": int(per_user.rows), "kept": int(per_user.kept),
+            **{f"removed.{reason}": int(per_user[f"removed_{reason}"]) for reason in REASONS}}
 
 
 def annotate_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None = None) -> DataFrame:
@@ -356,7 +354,7 @@ def annotate_events(df: DataFrame, cfg: CleanConfig, *, partitions: int | None =
     """
     df = _per_user_pass(df, cfg, remove=True, partitions=partitions)
     if cfg.kcore > 0:
-        df = mark_kcore(df.drop(_SESSION, steps.SEQUENCE_EVENTS, steps.SEQUENCE_RANK, steps.FIRST_KEPT), cfg.kcore,
+        df = mark_kcore(df.drop(_SESSION, steps.SEQUENCE_EVENTS, steps.SEQUENCE_RANK), cfg.kcore,
                         cfg.sequence_event_types)
         df = _per_user_pass(df, cfg, remove=False, partitions=partitions)
     return df
@@ -408,51 +406,31 @@ def release(materialized: DataFrame) -> None:
     materialized._jdf.logicalPlan().rdd().unpersist(False)
 
 
-def event_metrics(cfg: CleanConfig) -> dict[str, Column]:
-    """Row conditions whose counts over :func:`annotate_events`' output (every input row once) are the
-    stage's event counts: ``rows``, ``kept``, one ``removed_<reason>`` per :data:`REASONS`, ``unknown``
-    (a reason outside it), ``users`` (each user's first kept event), ``capped`` (the kept sequence event
-    just beyond ``clean.max_sequence_length``: one per user it capped) and ``beyond_cap`` (the kept
-    sequence events it left out of the sequences; the held-out targets are the last events either way).
-    Each is a condition on one row, so the stage observes them while it computes the frame, with no
-    grouping and no pass of their own."""
+def _per_user_counts(events: DataFrame, cfg: CleanConfig) -> Row:
+    """users (with a kept event), sequences (users with a training part), valid and test targets, and
+    the users whose history ``clean.max_sequence_length`` capped (``capped``) with the oldest events it
+    left out of their sequence (``beyond_cap``; their held-out targets are the last events either way);
+    and, over every row of ``events``: ``rows``, ``kept``, one ``removed_<reason>`` per :data:`REASONS`
+    and ``unknown`` (rows with a reason not in it). One aggregation (an action), so the stage reads
+    its annotated events once for all its counts."""
     cap = F.lit(cfg.max_sequence_length)
-    from_end = F.col(steps.SEQUENCE_EVENTS) - F.col(steps.SEQUENCE_RANK) + 1  # 1 = the user's last sequence event
-    sequence_event = _is_sequence_event(cfg) == 1
-    return {
-        "rows": F.lit(True), "kept": _alive(),
-        **{f"removed_{reason}": F.col(REASON) == reason for reason in REASONS},
-        "unknown": F.col(REASON).isNotNull() & ~F.col(REASON).isin(*REASONS),
-        "users": F.col(steps.FIRST_KEPT),
-        "capped": sequence_event & (from_end == cap + 1), "beyond_cap": sequence_event & (from_end > cap),
-    }
-
-
-def split_metrics() -> dict[str, Column]:
-    """Row conditions whose counts over :func:`split_events`' output are the split's counts: the
-    ``valid`` and ``test`` targets, and ``sequences``, the users with a training part (their first
-    sequence position is a 'train' event: training events come first in both strategies)."""
-    split = F.col("split")
-    return {"valid": split == "valid", "test": split == "test",
-            "sequences": (split == "train") & (F.col(_POS) == 1)}
-
-
-def totals(metrics: Mapping[str, Column]) -> list[Column]:
-    """Aggregate columns: each condition's number of true rows (0 on no rows)."""
-    return [F.coalesce(F.sum(when.cast("long")), F.lit(0)).alias(name) for name, when in metrics.items()]
-
-
-def clean_counts(tagged: DataFrame, cfg: CleanConfig, *, cutoffs: tuple[int, int] | None = None) -> dict[str, int]:
-    """The counts the stage observes, by two aggregations over :func:`annotate_events`' output
-    (``tagged``) and its split: for tests and notebooks (the stage takes them from its one pass)."""
-    events = tagged.agg(*totals(event_metrics(cfg))).first().asDict()
-    return events | split_events(tagged, cfg, cutoffs=cutoffs).agg(*totals(split_metrics())).first().asDict()
-
-
-def _observed(df: DataFrame, metrics: Mapping[str, Column]) -> tuple[DataFrame, Observation]:
-    """``df`` with ``metrics`` counted by the first action that computes it."""
-    observation = Observation()
-    return df.observe(observation, *totals(metrics)), observation
+    total = lambda name: F.coalesce(F.sum(name), F.lit(0)).alias(name)  # noqa: E731
+    reasons = {f"removed_{reason}": F.col(REASON) == reason for reason in REASONS}
+    reasons["unknown"] = F.col(REASON).isNotNull() & ~F.col(REASON).isin(*REASONS)
+    return events.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("rows"), F.sum(_alive().cast("long")).alias("kept"),
+        *[F.sum(when.cast("long")).alias(name) for name, when in reasons.items()],
+        F.max((F.col("split") == "train").cast("int")).alias("seq"),
+        F.sum((F.col("split") == "valid").cast("int")).alias("valid"),
+        F.sum((F.col("split") == "test").cast("int")).alias("test"),
+        F.sum(_is_sequence_event(cfg)).alias("n_seq"),
+    ).agg(
+        F.coalesce(F.sum((F.col("kept") > 0).cast("long")), F.lit(0)).alias("users"),
+        F.coalesce(F.sum("seq"), F.lit(0)).alias("sequences"), total("valid"), total("test"),
+        F.sum((F.col("n_seq") > cap).cast("long")).alias("capped"),
+        F.coalesce(F.sum(F.greatest(F.col("n_seq") - cap, F.lit(0))), F.lit(0)).alias("beyond_cap"),
+        *[total(name) for name in ("rows", "kept", *reasons)],
+    ).first()
 
 
 @contextmanager
@@ -504,8 +482,8 @@ def _clean_outputs(ctx: RunContext, raw: DataFrame, rows_in: int, items_raw: Dat
     cfg, txn = ctx.cfg.clean, ctx.txn(STAGE)
     checkpoints: list[DataFrame] = []
     try:
-        annotated, counts = _annotated(raw, cfg, partitions, checkpoints)
-        removal = _reconciled_counts(annotated, counts, rows_in)
+        annotated = _annotated(raw, cfg, partitions, checkpoints)
+        removal, per_user = _reconciled_counts(annotated, rows_in, cfg)
         kept_events = annotated.where(_alive())
         written = _write_outputs(ctx.warehouse, kept_events, canonical_items(items_raw, kept_events), txn)
     finally:
@@ -513,7 +491,7 @@ def _clean_outputs(ctx: RunContext, raw: DataFrame, rows_in: int, items_raw: Dat
             release(done)
     items = written["items"]
     item_count = items.rows if items.rows >= 0 and not items.skipped else ctx.warehouse.read("items").count()
-    return _result(rows_in, removal, counts, item_count, written)
+    return _result(rows_in, removal, per_user, item_count, written)
 
 
 def _skipped_result(ctx: RunContext, raw: DataFrame) -> StageResult:
@@ -531,32 +509,33 @@ def _items_raw(ctx: RunContext) -> DataFrame:
     return ctx.spark.createDataFrame([], ITEMS_RAW)
 
 
-def _annotated(raw: DataFrame, cfg: CleanConfig, partitions: int,
-               checkpoints: list[DataFrame]) -> tuple[DataFrame, dict[str, int]]:
+def _annotated(raw: DataFrame, cfg: CleanConfig, partitions: int, checkpoints: list[DataFrame]) -> DataFrame:
     """Every event with its removal reason, session and split (only the columns the outputs need),
-    materialized, and the counts of :func:`event_metrics` and :func:`split_metrics`, observed by the
-    jobs that materialize it. The checkpoints made are appended to ``checkpoints`` for the caller to release."""
-    tagged, events_seen = _observed(annotate_events(raw, cfg, partitions=partitions), event_metrics(cfg))
+    materialized. The checkpoints made are appended to ``checkpoints`` for the caller to release."""
+    tagged = annotate_events(raw, cfg, partitions=partitions)
     cutoffs = None
     if cfg.split.strategy == "time_fraction":  # the cut-offs need one pass: keep it for the split
         tagged = materialize(tagged)
         checkpoints.append(tagged)
         cutoffs = time_cutoffs(tagged, cfg) or (0, 0)
-    annotated, split_seen = _observed(split_events(tagged, cfg, cutoffs=cutoffs), split_metrics())
+    annotated = split_events(tagged, cfg, cutoffs=cutoffs)
     annotated = annotated.select(*[c for c in annotated.columns if c in _KEPT_COLUMNS])
     with _timed("annotate events"):
         annotated = materialize(annotated)
         checkpoints.append(annotated)
-    return annotated, events_seen.get | split_seen.get
+    return annotated
 
 
-def _reconciled_counts(annotated: DataFrame, counts: Mapping[str, int], rows_in: int) -> dict[str, int]:
-    """:func:`removal_counts` of the annotated events' ``counts``; raises unless every input event is
-    either kept or removed for exactly one reason (``annotated``: to name an unknown reason)."""
-    if counts["unknown"]:
+def _reconciled_counts(annotated: DataFrame, rows_in: int, cfg: CleanConfig) -> tuple[dict[str, int], Row]:
+    """(:func:`removal_counts`, per-user counts) of the annotated events,
+    from one aggregation (:func:`_per_user_counts`); raises unless every input event is either kept
+    or removed for exactly one reason."""
+    with _timed("counts"):
+        per_user = _per_user_counts(annotated, cfg)
+    if per_user.unknown:
         bad = annotated.where(F.col(REASON).isNotNull() & ~F.col(REASON).isin(*REASONS)).first()[REASON]
         raise RuntimeError(f"unknown removal reason {bad!r}; known: {list(REASONS)}")
-    removal = removal_counts(counts)
+    removal = removal_counts(per_user)
     removed = sum(v for k, v in removal.items() if k.startswith("removed."))
     rows_out = removal["kept"]
     if removal["rows"] != rows_in or rows_in != rows_out + removed:
@@ -564,7 +543,7 @@ def _reconciled_counts(annotated: DataFrame, counts: Mapping[str, int], rows_in:
             f"clean lost track of events: events_raw has {rows_in:,} rows, the annotated frame "
             f"{removal['rows']:,}, kept {rows_out:,} + removed {removed:,}"
         )
-    return removal
+    return removal, per_user
 
 
 def _write_outputs(warehouse: Warehouse, kept_events: DataFrame, items: DataFrame,
@@ -583,21 +562,21 @@ def _write_outputs(warehouse: Warehouse, kept_events: DataFrame, items: DataFram
     return written
 
 
-def _result(rows_in: int, removal: dict[str, int], counts: Mapping[str, int], item_count: int,
+def _result(rows_in: int, removal: dict[str, int], per_user: Row, item_count: int,
             written: dict[str, WriteResult]) -> StageResult:
     """The stage's result; raises when the events table did not get exactly the kept events."""
     rows_out = removal["kept"]
     events_written = written["events"]
     if not events_written.skipped and events_written.rows >= 0 and events_written.rows != rows_out:
         raise RuntimeError(f"events table got {events_written.rows:,} rows, expected {rows_out:,}")
-    reported = {k: v for k, v in removal.items() if k.startswith("removed.")}
-    reported |= {
-        "users": int(counts["users"]), "items": int(item_count), "sequences": int(counts["sequences"]),
-        "targets.valid": int(counts["valid"]), "targets.test": int(counts["test"]),
-        "users_capped": int(counts["capped"]), "events_beyond_cap": int(counts["beyond_cap"]),
+    counts = {k: v for k, v in removal.items() if k.startswith("removed.")}
+    counts |= {
+        "users": int(per_user.users), "items": int(item_count), "sequences": int(per_user.sequences),
+        "targets.valid": int(per_user.valid), "targets.test": int(per_user.test),
+        "users_capped": int(per_user.capped or 0), "events_beyond_cap": int(per_user.beyond_cap or 0),
     }
     return StageResult(
-        STAGE, rows_in=rows_in, rows_out=rows_out, counts=reported,
+        STAGE, rows_in=rows_in, rows_out=rows_out, counts=counts,
         tables={name: result.version for name, result in written.items()},
         skipped=all(result.skipped for result in written.values()),
     )

@@ -28,7 +28,6 @@ REASON = "_reason"
 SESSION = "_session"  # the computed session id (``session_id`` keeps the source's)
 SEQUENCE_EVENTS = "_n"  # the user's kept sequence events
 SEQUENCE_RANK = "_k"  # the running count of them (1-based on a sequence event)
-FIRST_KEPT = "_first_kept"  # true on each user's first kept event (counts users without a grouping)
 
 # One tuple per step, in precedence order; a step sees events untouched by every earlier step.
 STEPS: tuple[tuple[str, ...], ...] = (
@@ -91,7 +90,7 @@ def whole_users(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
 
 
 def annotate(table: pa.Table, cfg: CleanConfig, *, remove: bool = True) -> pa.Table:
-    """``table`` (whole users, time order) with ``_reason``, ``_session``, ``_n``, ``_k`` and ``_first_kept``.
+    """``table`` (whole users, time order) with ``_reason``, ``_session``, ``_n`` and ``_k``.
 
     ``remove``: run the removal steps (duplicates, bots, netting — netting rewrites ``quantity``
     of partly returned purchases); ``False`` keeps the reasons the table already has (the k-core
@@ -105,8 +104,7 @@ def annotate(table: pa.Table, cfg: CleanConfig, *, remove: bool = True) -> pa.Ta
     table = table.combine_chunks()
     reason = _reason_codes(table)
     if table.num_rows == 0:
-        none = np.zeros(0, np.int64)
-        return _with_outputs(table, reason, None, none, none, none, none.astype(bool))
+        return _with_outputs(table, reason, None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     user, user_starts = _runs(table["user_id"])
     ts = table["ts"].cast(pa.int64()).to_numpy()
     event_type = table["event_type"]
@@ -126,8 +124,7 @@ def annotate(table: pa.Table, cfg: CleanConfig, *, remove: bool = True) -> pa.Ta
         zero_copy_only=False)
     running = _running_sum(is_sequence.astype(np.int64), user, user_starts)
     per_user = np.bincount(user, weights=is_sequence, minlength=len(user_starts)).astype(np.int64)
-    first_kept = (reason == 0) & (_running_sum((reason == 0).astype(np.int64), user, user_starts) == 1)
-    return _with_outputs(table, reason, quantity, ordinal, per_user[user], running, first_kept)
+    return _with_outputs(table, reason, quantity, ordinal, per_user[user], running)
 
 
 SEQUENCE_FIELDS = (  # sequences list column ← event column
@@ -309,7 +306,7 @@ def _running_sum(values: np.ndarray, run: np.ndarray, starts: np.ndarray) -> np.
     return total - (total - values)[starts][run]
 
 
-def _with_outputs(table, reason, quantity, ordinal, sequence_events, sequence_rank, first_kept) -> pa.Table:
+def _with_outputs(table, reason, quantity, ordinal, sequence_events, sequence_rank) -> pa.Table:
     alive = pa.array(reason == 0)
     session = pc.if_else(
         alive, pc.binary_join_element_wise(table["user_id"], pc.cast(pa.array(ordinal), pa.string()), "-"),
@@ -322,5 +319,4 @@ def _with_outputs(table, reason, quantity, ordinal, sequence_events, sequence_ra
     return (table.append_column(REASON, _LABELS.take(pa.array(reason)))
             .append_column(SESSION, session)
             .append_column(SEQUENCE_EVENTS, pa.array(sequence_events, pa.int64()))
-            .append_column(SEQUENCE_RANK, pa.array(sequence_rank, pa.int64()))
-            .append_column(FIRST_KEPT, pa.array(first_kept, pa.bool_())))
+            .append_column(SEQUENCE_RANK, pa.array(sequence_rank, pa.int64())))
