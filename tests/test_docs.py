@@ -78,9 +78,9 @@ def _code_blocks(text: str, language: str) -> list[str]:
 
 
 def _command_lines(page: Path) -> list[list[str]]:
-    """Each shell command of the page's ``sh`` blocks, continuation lines joined, as argv."""
+    """Each shell command of the page's ``sh`` and ``bash`` blocks, continuation lines joined, as argv."""
     commands = []
-    for block in _code_blocks(page.read_text(), "sh"):
+    for block in _code_blocks(page.read_text(), "(?:sh|bash)"):
         for line in block.replace("\\\n", " ").splitlines():
             argv = shlex.split(line, comments=True)
             if argv:

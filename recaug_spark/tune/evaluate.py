@@ -2,9 +2,11 @@
 score on the **validation** split only.
 
 A trial never touches Spark for the rows: the pinned ``sequences`` table is read with pyarrow and
-run through the augment stage's own per-batch function (``augment.engine.augment_record_batch``,
-what ``mapInArrow`` runs on each executor), so a trial trains on exactly the rows ``recaug augment``
-would write for that policy (randomness is keyed per user, not per partition). The rows go to
+run through the augment engine's reference per-batch function (``augment.engine.augment_record_batch``:
+real and branch rows from one batch; the stage's executors run ``branch_record_batch`` and Spark adds
+the real rows, with the same rows as the result, tests/test_augment_stage.py), so a trial trains on
+exactly the rows ``recaug augment`` would write for that policy (randomness is keyed per user, not per
+partition). The rows go to
 Parquet files in a scratch folder, one per operator chain, and the trainer reads them as it reads a
 pinned ``augmented_sequences`` version (``train.consumption.arm_inputs`` + ``train.trainer.train``).
 The scratch folder is removed when the trial ends.
