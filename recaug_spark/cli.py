@@ -55,18 +55,30 @@ def resolve_config(configs: Sequence[str], sets: Sequence[str], **shorthands) ->
     return load_config(configs, [*overrides, *sets])
 
 
-def _check_before_spark(cfg: Config, stages: Sequence[str]) -> None:
-    from recaug_spark.preflight import check_paths
+def order_only_conflict(cfg: Config, stages: Sequence[str]) -> str | None:
+    """The refusal for branches that read time when ``stages`` augment an order-only source (its
+    timestamps are positions, docs/pipeline.md), or None. The augment stage checks the warehouse's
+    order-only mark too, for warehouses ingested earlier."""
     from recaug_spark.sources import ORDER_ONLY_FORMATS
 
-    check_paths(cfg, stages)  # inputs, warehouse, models dir: one line and exit 2, before any JVM
-    if "augment" in stages and cfg.ingest.format in ORDER_ONLY_FORMATS:
-        from recaug_spark.augment.registry import time_based_uses
+    if "augment" not in stages or cfg.ingest.format not in ORDER_ONLY_FORMATS:
+        return None
+    from recaug_spark.augment.registry import time_based_uses
 
-        uses = time_based_uses(cfg.augment.branches)
-        if uses:  # the augment stage checks the warehouse's mark too (warehouses ingested earlier)
-            raise ConfigError(f"ingest.format {cfg.ingest.format!r} has no real timestamps (order only), but "
-                              f"{'; '.join(uses)}: remove them from augment.branches")
+    uses = time_based_uses(cfg.augment.branches)
+    if not uses:
+        return None
+    return (f"ingest.format {cfg.ingest.format!r} has no real timestamps (order only), but "
+            f"{'; '.join(uses)}: remove them from augment.branches")
+
+
+def _check_before_spark(cfg: Config, stages: Sequence[str]) -> None:
+    from recaug_spark.preflight import check_paths
+
+    check_paths(cfg, stages)  # inputs, warehouse, models dir: one line and exit 2, before any JVM
+    conflict = order_only_conflict(cfg, stages)
+    if conflict:
+        raise ConfigError(conflict)
     if "ingest" in stages:
         from recaug_spark.stages.ingest import resolve_pseudonym_key
 

@@ -106,7 +106,8 @@ def test_documented_recaug_commands_parse_and_their_config_validates(page, tmp_p
     command takes config options, its --config files and --set values validate (before any Spark)."""
     import click
 
-    from recaug_spark.cli import main, resolve_config
+    from recaug_spark.cli import main, order_only_conflict, resolve_config
+    from recaug_spark.pipeline import planned_stages
 
     monkeypatch.chdir(ROOT)  # paths in the commands are relative to the repository root
     examples = _example_configs(page, tmp_path)
@@ -124,7 +125,10 @@ def test_documented_recaug_commands_parse_and_their_config_validates(page, tmp_p
             configs = [examples.get(c, c) for c in params.pop("configs")]
             if "experiment_yaml" in params:  # an experiment file is one more config layer
                 configs.append(params.pop("experiment_yaml"))
-            resolve_config(configs, params.pop("sets"), **params)  # names that are not shorthands are ignored
+            until = params.pop("until", None)
+            cfg = resolve_config(configs, params.pop("sets"), **params)  # names that are not shorthands are ignored
+            stages = planned_stages(cfg, until) if command.name == "run" else [command.name]
+            assert order_only_conflict(cfg, stages) is None, f"{page.name}: {shlex.join(argv)}"
         checked += 1
     if page.name in ("README.md", "pipeline.md"):
         assert checked >= 3, f"{page.name}: expected recaug commands, found {checked}"
