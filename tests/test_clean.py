@@ -287,8 +287,8 @@ def test_run_clean_end_to_end_and_idempotent(spark, tmp_path):
 
 
 def test_run_clean_counts_agree_with_its_tables_under_time_fraction_and_kcore(spark, tmp_path):
-    """The counts are observed by the jobs that materialize the annotated events (two of them here: the
-    time range needs a first one); they must describe the tables written, user for user."""
+    """run_clean's counts (one aggregation over the checkpointed events) agree with the tables it wrote
+    under time_fraction + kcore: users, sequences, targets per split, rows_in = rows_out + removed."""
     overrides = [f"run.warehouse={tmp_path}", "clean.kcore=2", "clean.split.strategy=time_fraction",
                  "clean.split.valid_fraction=0.3", "clean.split.test_fraction=0.3", "clean.split.min_train_items=1"]
     ctx = RunContext.create(spark, load_config(overrides=overrides), run_id="tf")

@@ -31,7 +31,8 @@ def test_every_shipped_layer_validates(name, master):
     layer = yaml.safe_load((PACKAGE_CONF_DIR / name).read_text())
     for section, values in layer.items():  # every key the layer sets is what the config holds
         for key, value in values.items():
-            assert getattr(getattr(cfg, section), key) == value, (section, key)
+            held = getattr(getattr(cfg, section), key)
+            assert (held.model_dump() if hasattr(held, "model_dump") else held) == value, (section, key)
 
 
 @pytest.mark.parametrize("layer", sorted(p.relative_to(PACKAGE_CONF_DIR).as_posix() for p in

@@ -7,11 +7,13 @@ that happens only once Spark runs (the old behaviour: a Java traceback after a m
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from recaug_spark import preflight
 from recaug_spark.cli import main
 from recaug_spark.config import load_config
 from recaug_spark.preflight import (
@@ -81,7 +83,8 @@ def test_refused_probe_file_names_the_folder_before_spark(tmp_path, monkeypatch,
         probed.append(dir)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("recaug_spark.preflight.tempfile.TemporaryFile", refuse)
+    # only preflight's view of tempfile is replaced: the standard library's stays as it is for everyone else
+    monkeypatch.setattr(preflight, "tempfile", types.SimpleNamespace(TemporaryFile=refuse))
     locked = tmp_path / "locked"
     locked.mkdir()
     assert writable_dir_problem(str(locked / "wh")) == (
